@@ -1,0 +1,1 @@
+"""Your LoRA: fill in each `TODO(NN)` and run `pytest exercises/`."""

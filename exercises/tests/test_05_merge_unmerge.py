@@ -1,0 +1,301 @@
+"""Exercise 05: merge and unmerge (LoRALinear.merge/unmerge in exercises/lora.py,
+merge_lora/unmerge_lora in exercises/inject.py).
+
+merge: W ← W0 + ΔW once (ΔW = s·B·A); unmerge: W ← W − ΔW if merged. A merged layer computes
+base(x) alone, and equals the unmerged layer up to float rounding.
+Tolerances: in fp32, W0·x + s·B·(A·x) and (W0 + s·B·A)·x add the same terms in a different
+order (about 1e-7 relative each); 1e-5, scaled by the size of the values, leaves room for that
+and none for a missing scaling or a ΔW added twice.
+"""
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from lora_kata.impl import implementation
+from lora_kata.testing import distinct_dims, seeded_linear, seeded_randn
+
+lora = implementation("lora")
+inject = implementation("inject")
+
+ATOL = 1e-5
+
+
+def randomised_layer(k, d, r, alpha, seed=0, dtype=None):
+    """A LoRALinear (dropout off) whose B is random too, so ΔW is not zero."""
+    layer = lora.LoRALinear(seeded_linear(k, d, seed=seed, dtype=dtype), r=r, alpha=alpha)
+    with torch.no_grad():
+        layer.lora_A.copy_(seeded_randn(r, k, seed=seed + 1) * 0.5)
+        layer.lora_B.copy_(seeded_randn(d, r, seed=seed + 2) * 0.5)
+    return layer.eval()
+
+
+def expected_delta(layer):
+    """s · B @ A in fp32, computed here (not with the layer's own delta_weight)."""
+    return (layer.alpha / layer.r) * (layer.lora_B.detach() @ layer.lora_A.detach())
+
+
+def tolerance(*tensors):
+    return ATOL * max(1.0, *(t.abs().max().item() for t in tensors))
+
+
+scalings = st.floats(0.5, 64, allow_nan=False)
+
+
+@given(distinct_dims(), scalings)
+def test_merge_adds_the_scaled_update_into_the_base_weight(dims, alpha):
+    k, d, r = dims
+    assume(abs(alpha / r - 1) > 0.05)  # s ≠ 1, so a missing scaling shows
+    layer = randomised_layer(k, d, r, alpha)
+    w0 = layer.base.weight.detach().clone()
+    layer.merge()
+    delta = expected_delta(layer)
+    got = layer.base.weight.detach()
+    unscaled = torch.allclose(got, w0 + delta / (alpha / r), atol=tolerance(w0, delta))
+    assert torch.allclose(got, w0 + delta, atol=tolerance(w0, delta)), (
+        "after merge() base.weight should be W0 + (alpha / r)·B @ A"
+        + (": merged without scaling (B @ A unscaled)" if unscaled else "")
+        + f"; max difference {(got - w0 - delta).abs().max().item():.3g}"
+    )
+    assert layer.merged is True, "merge() should set self.merged = True"
+
+
+def test_merge_updates_the_weight_in_place_without_autograd():
+    layer = randomised_layer(9, 6, 2, alpha=4)
+    weight = layer.base.weight
+    storage = weight.data_ptr()
+    layer.merge()
+    assert layer.base.weight is weight and weight.data_ptr() == storage, (
+        "merge() should add ΔW into the existing base.weight in place (weight += ...), not "
+        "assign a new Parameter or tensor: optimizers, tied weights and hooks hold the old one"
+    )
+    assert not weight.requires_grad and weight.grad_fn is None, (
+        "the merged weight must stay a frozen leaf: merge under torch.no_grad()"
+    )
+
+
+@given(distinct_dims(), scalings, st.integers(1, 3))
+def test_merged_forward_equals_unmerged_forward(dims, alpha, batch_dims):
+    k, d, r = dims
+    layer = randomised_layer(k, d, r, alpha)
+    x = seeded_randn(*([3] * batch_dims), k, seed=5)
+    with torch.no_grad():
+        unmerged = layer(x)
+        layer.merge()
+        merged = layer(x)
+        base_only = layer.base(x)
+    assert torch.equal(merged, base_only), (
+        "a merged layer's forward still adds the update (ΔW counted twice): once merged, "
+        "forward must return base(x) alone"
+    )
+    assert torch.allclose(merged, unmerged, atol=tolerance(unmerged)), (
+        "merged and unmerged outputs differ by "
+        f"{(merged - unmerged).abs().max().item():.3g}: merge should add exactly delta_weight()"
+    )
+
+
+def test_a_second_merge_is_a_no_op():
+    layer = randomised_layer(10, 7, 3, alpha=6)
+    w0 = layer.base.weight.detach().clone()
+    layer.merge()
+    once = layer.base.weight.detach().clone()
+    layer.merge()
+    twice = layer.base.weight.detach()
+    doubled = torch.allclose(twice, w0 + 2 * expected_delta(layer), atol=1e-4)
+    assert torch.equal(twice, once), (
+        "a second merge() must do nothing"
+        + (": double merge, the weight now holds W0 + 2·ΔW" if doubled else "")
+        + " (return early when self.merged is True)"
+    )
+    assert layer.merged is True
+
+
+@given(distinct_dims(), scalings)
+def test_unmerge_restores_the_base_weight(dims, alpha):
+    k, d, r = dims
+    layer = randomised_layer(k, d, r, alpha)
+    w0 = layer.base.weight.detach().clone()
+    layer.merge()
+    layer.unmerge()
+    got = layer.base.weight.detach()
+    # (W0 + ΔW) − ΔW rounds once per add: equal to W0 within a few ulps of |W0| + |ΔW|.
+    assert torch.allclose(got, w0, atol=tolerance(w0, expected_delta(layer))), (
+        "merge() then unmerge() should give W0 back (W ← W − ΔW, the same ΔW as merge); max "
+        f"difference {(got - w0).abs().max().item():.3g}"
+    )
+    assert layer.merged is False, "unmerge() should set self.merged = False"
+
+
+def test_unmerge_when_not_merged_is_a_no_op():
+    layer = randomised_layer(10, 7, 3, alpha=6)
+    w0 = layer.base.weight.detach().clone()
+    layer.unmerge()
+    assert torch.equal(layer.base.weight.detach(), w0), (
+        "unmerge when not merged must do nothing, but it changed the weight (W0 − ΔW): "
+        "return early when self.merged is False"
+    )
+    assert layer.merged is False
+
+
+def test_unmerged_layer_adds_the_update_again():
+    layer = randomised_layer(8, 5, 2, alpha=3)
+    x = seeded_randn(4, 8, seed=6)
+    with torch.no_grad():
+        before = layer(x)
+        layer.merge()
+        layer.unmerge()
+        after = layer(x)
+    assert torch.allclose(after, before, atol=tolerance(before)), (
+        "after merge() and unmerge() the layer should compute what it did before: "
+        "W0·x + s·B·A·x (is merged left True, so forward skips the update?)"
+    )
+
+
+@pytest.mark.parametrize(
+    "dtype, rtol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)], ids=["fp16", "bf16"]
+)
+def test_merge_keeps_the_base_dtype_and_unmerge_restores_it_up_to_rounding(dtype, rtol):
+    layer = randomised_layer(16, 12, 4, alpha=8, dtype=dtype)
+    w0 = layer.base.weight.detach().clone()
+    layer.merge()
+    weight = layer.base.weight.detach()
+    assert weight.dtype == dtype, f"the merged weight should stay {dtype}, got {weight.dtype}"
+    # rtol: two ulps of the half-precision format (each add rounds once to it).
+    expected = (w0.float() + expected_delta(layer)).to(dtype)
+    assert torch.allclose(weight.float(), expected.float(), rtol=rtol, atol=rtol), (
+        "merge in half precision should add ΔW cast to the weight's dtype"
+    )
+    layer.unmerge()
+    restored = layer.base.weight.detach()
+    assert torch.allclose(restored.float(), w0.float(), rtol=rtol, atol=2 * rtol), (
+        f"unmerge should give W0 back up to {dtype} rounding; max difference "
+        f"{(restored.float() - w0.float()).abs().max().item():.3g}"
+    )
+
+
+def int8_layer(k=12, d=7, r=3):
+    import bitsandbytes as bnb
+
+    base = bnb.nn.Linear8bitLt(k, d, has_fp16_weights=False, threshold=0.0)
+    base.load_state_dict(seeded_linear(k, d).state_dict())
+    base = base.to("cpu")  # quantizes: the weight becomes int8 with one scale per row
+    assert base.weight.dtype == torch.int8
+    layer = lora.LoRALinear(base, r=r, alpha=2 * r)
+    with torch.no_grad():
+        layer.lora_B.copy_(seeded_randn(d, r, seed=3))
+    return layer.eval()
+
+
+def test_merging_into_an_8bit_base_is_refused_with_a_type_error():
+    layer = int8_layer()
+    int8 = layer.base.weight.detach().clone()
+    x = seeded_randn(2, 12, seed=4)
+    try:
+        layer.merge()
+    except TypeError as error:
+        text = str(error).lower()
+        assert "8-bit" in text or "int8" in text or "8bit" in text, (
+            f"the TypeError should say the base is 8-bit (int8); it said: {error}"
+        )
+    else:
+        pytest.fail("merge() into an 8-bit (Linear8bitLt) base should raise TypeError")
+    assert torch.equal(layer.base.weight.detach(), int8), "a refused merge must not touch W"
+    assert layer.merged is False, "a refused merge must leave merged False"
+    with torch.no_grad():
+        out = layer(x)
+        expected = layer.base(x) + x @ expected_delta(layer).T
+    assert torch.allclose(out, expected, atol=1e-4), (
+        "after a refused merge the layer should still add its update"
+    )
+
+
+# ---- the whole model ----------------------------------------------------------------------
+
+
+def injected_tiny_opt(targets=("q_proj", "v_proj", "fc1")):
+    from lora_kata.testing_models import randomise_lora
+    from lora_kata.tiny import build_tiny_opt
+
+    model = build_tiny_opt()
+    inject.inject_lora(model, inject.LoRAConfig(r=4, lora_alpha=8, target_modules=list(targets)))
+    randomise_lora(model, seed=2)
+    return model.eval()
+
+
+def lora_layers(model):
+    return [m for m in model.modules() if isinstance(m, lora.LoRALinear)]
+
+
+def test_merge_lora_merges_every_layer_and_keeps_the_logits():
+    from lora_kata.testing_models import token_batch
+
+    model = injected_tiny_opt()
+    x = token_batch()
+    w0 = [layer.base.weight.detach().clone() for layer in lora_layers(model)]
+    with torch.no_grad():
+        before = model(x).logits
+        returned = inject.merge_lora(model)
+        after = model(x).logits
+    assert returned is model, "merge_lora should return the model it was given"
+    layers = lora_layers(model)
+    assert all(layer.merged for layer in layers), (
+        f"merge_lora should merge every LoRALinear: {sum(not l.merged for l in layers)} of "
+        f"{len(layers)} are still unmerged"
+    )
+    for layer, w in zip(layers, w0):
+        assert torch.allclose(layer.base.weight, w + expected_delta(layer), atol=1e-5)
+    assert torch.allclose(after, before, atol=tolerance(before)), (
+        f"the merged model's logits differ from the unmerged ones by "
+        f"{(after - before).abs().max().item():.3g}"
+    )
+
+
+def test_unmerge_lora_restores_every_base_weight():
+    model = injected_tiny_opt()
+    w0 = [layer.base.weight.detach().clone() for layer in lora_layers(model)]
+    inject.merge_lora(model)
+    returned = inject.unmerge_lora(model)
+    assert returned is model, "unmerge_lora should return the model it was given"
+    for layer, w in zip(lora_layers(model), w0):
+        assert layer.merged is False, "unmerge_lora should unmerge every LoRALinear"
+        assert torch.allclose(layer.base.weight, w, atol=1e-5), "W0 should come back"
+
+
+def test_merge_lora_on_a_model_without_lora_raises_a_value_error():
+    from lora_kata.tiny import build_tiny_opt
+
+    for function in (inject.merge_lora, inject.unmerge_lora):
+        with pytest.raises(ValueError):
+            function(build_tiny_opt())
+
+
+def test_merge_lora_on_a_model_loaded_in_8bit_is_refused(tmp_path):
+    from lora_kata.testing_models import load_tiny_opt_8bit
+    from lora_kata.tiny import save_tiny_opt
+
+    model = load_tiny_opt_8bit(save_tiny_opt(tmp_path, with_tokenizer=False))
+    inject.inject_lora(model, inject.LoRAConfig(r=4, lora_alpha=8))
+    with pytest.raises(TypeError):
+        inject.merge_lora(model)
+    assert not any(layer.merged for layer in lora_layers(model)), (
+        "a refused merge must leave every layer unmerged"
+    )
+
+
+def test_merged_weights_equal_peft_merge_and_unload():
+    from lora_kata.testing_models import copy_lora_into_peft, peft_model
+    from lora_kata.tiny import build_tiny_opt
+
+    ours = injected_tiny_opt()
+    theirs = peft_model(build_tiny_opt(), r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "fc1"])
+    copy_lora_into_peft(ours, theirs)
+    inject.merge_lora(ours)
+    plain = theirs.merge_and_unload()  # a plain OPTForCausalLM with ΔW folded in
+    for name, module in ours.named_modules():
+        if isinstance(module, lora.LoRALinear):
+            expected = plain.get_submodule(name).weight
+            assert torch.allclose(module.base.weight, expected, atol=1e-6), (
+                f"{name}: the merged weight differs from peft's merge_and_unload by "
+                f"{(module.base.weight - expected).abs().max().item():.3g}"
+            )

@@ -1,0 +1,366 @@
+"""Exercise 09: adapter files in peft's format (exercises/adapter.py).
+
+save_adapter writes adapter_config.json and adapter_model.safetensors as peft does, so that
+PeftModel.from_pretrained loads them; load_adapter reads ours and peft's, and refuses (with a
+clear error) what peft only warns about: missing or unexpected keys, wrong shapes.
+Every model here has random, non-zero A and B: with B = 0 every adapter would look alike and
+"the logits match" would prove nothing.
+"""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from lora_kata.impl import implementation, load
+from lora_kata.testing_training import (
+    UNPICKLED,
+    PickleBomb,
+    lora_names,
+    tiny_lora_opt,
+    token_batch,
+)
+
+adapter = implementation("adapter")
+inject = implementation("inject")
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+
+def fresh_base(seed=0, **overrides):
+    """The same tiny OPT (same seed: same weights) with no LoRA in it."""
+    from lora_kata.tiny import build_tiny_opt
+
+    return build_tiny_opt(seed, **overrides)
+
+
+def logits(model, batch=None):
+    batch = batch or token_batch(2, 10, seed=42)
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def read_config(directory):
+    return json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+
+
+def read_weights(directory):
+    from safetensors.torch import load_file
+
+    return load_file(directory / WEIGHTS)
+
+
+def write_weights(directory, tensors):
+    from safetensors.torch import save_file
+
+    save_file(tensors, directory / WEIGHTS)
+
+
+def expected_keys(model):
+    """peft's key for each LoRA matrix: base_model.model.<module>.lora_A.weight."""
+    return {f"{PREFIX}{name}.weight" for name in lora_names(model)}
+
+
+def test_config_holds_the_settings_peft_needs(tmp_path):
+    model, config = tiny_lora_opt(r=4, lora_alpha=16)  # α = 16, not peft's default of 8
+    adapter.save_adapter(model, tmp_path, config, base_model_name_or_path="tiny-opt")
+    saved = read_config(tmp_path)
+    wanted = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": 4,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "base_model_name_or_path": "tiny-opt",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+    }
+    for key, value in wanted.items():
+        assert key in saved, (
+            f"adapter_config.json lacks {key!r}"
+            + (
+                ": without lora_alpha peft falls back to its default (8) and scales the update "
+                "by the wrong α/r"
+                if key == "lora_alpha"
+                else ""
+            )
+            + f" (found keys {sorted(saved)})"
+        )
+        assert saved[key] == value, (
+            f"adapter_config.json has {key}={saved[key]!r}, expected {value!r}"
+        )
+    assert isinstance(saved.get("target_modules"), list), (
+        f"target_modules should be saved as a JSON list, got {saved.get('target_modules')!r}"
+    )
+    assert sorted(saved["target_modules"]) == ["q_proj", "v_proj"], (
+        f"target_modules should be ['q_proj', 'v_proj'], got {saved['target_modules']!r}"
+    )
+    for flag in ("use_rslora", "use_dora"):
+        assert not saved.get(flag), f"{flag} must be false (our layer does plain LoRA, α/r)"
+
+
+def test_weights_are_saved_under_peft_keys(tmp_path):
+    model, config = tiny_lora_opt()
+    adapter.save_adapter(model, tmp_path, config)
+    tensors = read_weights(tmp_path)
+    want = expected_keys(model)
+    keys = sorted(tensors)
+    with_name = [k for k in keys if ".default" in k]
+    assert not with_name, (
+        f"saved keys contain the adapter name '.default.' (e.g. {with_name[0]}): peft's files "
+        "never do — peft adds 'default' back when loading, so PeftModel would find none of them"
+    )
+    unprefixed = [k for k in keys if not k.startswith(PREFIX)]
+    assert not unprefixed, (
+        f"saved keys lack the 'base_model.model.' prefix (e.g. {unprefixed[0]}): inside a "
+        "PeftModel the base model sits at .base_model.model, so peft's keys read "
+        "'base_model.model.<module>.lora_A.weight'"
+    )
+    assert set(keys) == want, (
+        f"saved keys should be {sorted(want)[:2]}..., one lora_A.weight and one lora_B.weight "
+        f"per LoRA layer; got {keys[:2]}... (missing {sorted(want - set(keys))[:2]}, "
+        f"unexpected {sorted(set(keys) - want)[:2]})"
+    )
+    params = dict(model.named_parameters())
+    for key, tensor in tensors.items():
+        param = params[key.removeprefix(PREFIX).removesuffix(".weight")]
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, param.detach()), (
+            f"{key} should hold exactly the model's {key.split('.')[-2]} (fp32), it does not "
+            "(A and B swapped?)"
+        )
+
+
+def test_a_regex_target_modules_is_saved_as_that_string(tmp_path):
+    pattern = r".*\.(q|v)_proj"
+    model, config = tiny_lora_opt(target_modules=pattern)
+    adapter.save_adapter(model, tmp_path, config)
+    saved = read_config(tmp_path)["target_modules"]
+    assert saved == pattern, (
+        f"a regex target_modules must be saved unchanged, as a string: {pattern!r}, got {saved!r}"
+    )
+
+
+def test_save_creates_the_directory(tmp_path):
+    model, config = tiny_lora_opt()
+    directory = tmp_path / "runs" / "quotes-adapter"
+    adapter.save_adapter(model, directory, config)
+    assert (directory / CONFIG).is_file() and (directory / WEIGHTS).is_file(), (
+        f"save_adapter should create {directory} (and its parents) and write {CONFIG} and "
+        f"{WEIGHTS} in it; found {sorted(p.name for p in directory.glob('*'))}"
+    )
+
+
+def test_round_trip_restores_the_weights_and_the_logits(tmp_path):
+    model, config = tiny_lora_opt(seed=0, r=4, lora_alpha=16)
+    adapter.save_adapter(model, tmp_path, config)
+    loaded = adapter.load_adapter(fresh_base(seed=0), tmp_path)
+    assert loaded is not None, "load_adapter should return the model"
+    assert set(lora_names(loaded)) == set(lora_names(model)), (
+        f"load_adapter should inject LoRA where the config says: {sorted(lora_names(model))[:2]}"
+        f"..., got {sorted(lora_names(loaded))[:2]}..."
+    )
+    mine, theirs = dict(model.named_parameters()), dict(loaded.named_parameters())
+    for name in lora_names(model):
+        assert torch.equal(mine[name], theirs[name]), f"{name} did not survive save and load"
+    expected, got = logits(model), logits(loaded)
+    # The same weights through the same code: bit-identical.
+    assert torch.equal(got, expected), (
+        "the reloaded model's logits differ from the saved model's (max difference "
+        f"{(got - expected).abs().max().item():.3g}): is r or lora_alpha read back wrongly?"
+    )
+
+
+def test_peft_loads_our_adapter_with_identical_logits(tmp_path):
+    from peft import PeftModel
+
+    model, config = tiny_lora_opt(seed=0, r=4, lora_alpha=16)
+    adapter.save_adapter(model, tmp_path, config)
+    peft_model = PeftModel.from_pretrained(fresh_base(seed=0), str(tmp_path))
+    expected, got = logits(model), logits(peft_model)
+    plain = logits(fresh_base(seed=0))
+    assert not torch.allclose(expected, plain, atol=1e-3), "the adapter should change the logits"
+    # peft computes the same base(x) + (α/r)·B·A·x; measured bit-identical, but a different
+    # (equally valid) operation order in exercise 02's forward may move the last bits: 1e-5
+    # absolute on logits of order 1; the adapter itself moves them by > 1e-3 (checked above).
+    assert torch.allclose(got, expected, rtol=0, atol=1e-5), (
+        "PeftModel.from_pretrained on our files gives logits that differ from ours by "
+        f"{(got - expected).abs().max().item():.3g} (no adapter at all differs by "
+        f"{(plain - expected).abs().max().item():.3g}): peft loaded nothing or something else. "
+        "Check the keys (base_model.model.<module>.lora_A.weight) and r / lora_alpha"
+    )
+
+
+def test_load_adapter_reads_a_peft_saved_adapter_with_identical_logits(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(
+        fresh_base(seed=0),
+        LoraConfig(
+            r=4,
+            lora_alpha=16,
+            target_modules=["q_proj", "v_proj"],
+            lora_dropout=0.05,
+            bias="none",
+            task_type="CAUSAL_LM",
+        ),
+    )
+    randomise_lora_in_peft(peft_model)
+    peft_model.save_pretrained(str(tmp_path))
+    expected = logits(peft_model)
+    loaded = adapter.load_adapter(fresh_base(seed=0), tmp_path)
+    got = logits(loaded)
+    assert not torch.allclose(expected, logits(fresh_base(seed=0)), atol=1e-3)
+    # Same maths as above, the other way round.
+    assert torch.allclose(got, expected, rtol=0, atol=1e-5), (
+        "load_adapter on peft's own files gives logits that differ from peft's by "
+        f"{(got - expected).abs().max().item():.3g}: read r, lora_alpha and target_modules "
+        "from adapter_config.json and put each base_model.model.<module>.lora_A.weight into "
+        "<module>.lora_A"
+    )
+
+
+def randomise_lora_in_peft(peft_model, seed=7):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+
+
+def test_a_missing_key_is_an_error_not_a_warning(tmp_path):
+    model, config = tiny_lora_opt()
+    adapter.save_adapter(model, tmp_path, config)
+    tensors = read_weights(tmp_path)
+    dropped = sorted(tensors)[-1]
+    del tensors[dropped]
+    write_weights(tmp_path, tensors)
+    base = fresh_base()
+    try:
+        adapter.load_adapter(base, tmp_path)
+    except ValueError as error:
+        assert dropped in str(error), (
+            f"the ValueError should name the missing key {dropped}, it says: {error}"
+        )
+    else:
+        pytest.fail(
+            f"load_adapter accepted a file without {dropped}: missing keys must raise a "
+            "ValueError naming them (peft only warns, and that layer silently keeps B = 0)",
+            pytrace=False,
+        )
+
+
+def test_an_unexpected_key_is_an_error(tmp_path):
+    model, config = tiny_lora_opt()
+    adapter.save_adapter(model, tmp_path, config)
+    tensors = read_weights(tmp_path)
+    extra = f"{PREFIX}model.decoder.layers.0.self_attn.k_proj.lora_A.weight"
+    tensors[extra] = torch.zeros(4, 32)
+    write_weights(tmp_path, tensors)
+    with pytest.raises(ValueError) as raised:
+        adapter.load_adapter(fresh_base(), tmp_path)
+    assert extra in str(raised.value), (
+        f"the ValueError should name the unexpected key {extra}, it says: {raised.value}"
+    )
+
+
+def test_a_shape_mismatch_is_an_error_and_leaves_the_model_untouched(tmp_path):
+    model, config = tiny_lora_opt()  # hidden size 32
+    adapter.save_adapter(model, tmp_path, config)
+    other = fresh_base(hidden_size=40, word_embed_proj_dim=40)  # same names, other shapes
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError) as raised:
+        adapter.load_adapter(other, tmp_path)
+    assert "shape" in str(raised.value).lower(), (
+        f"the ValueError should say which shapes do not match, it says: {raised.value}"
+    )
+    assert not lora_names(other) and set(other.state_dict()) == set(before), (
+        "a failed load must leave the model as it was: check keys and shapes before injecting"
+    )
+
+
+def test_refuses_settings_its_layer_cannot_reproduce(tmp_path):
+    model, config = tiny_lora_opt()
+    adapter.save_adapter(model, tmp_path, config)
+    settings = read_config(tmp_path)
+    settings["use_rslora"] = True  # peft would scale by α/√r; LoRALinear scales by α/r
+    (tmp_path / CONFIG).write_text(json.dumps(settings), encoding="utf-8")
+    with pytest.raises(ValueError) as raised:
+        adapter.load_adapter(fresh_base(), tmp_path)
+    assert "use_rslora" in str(raised.value), (
+        f"loading a use_rslora adapter must fail, naming use_rslora; got: {raised.value}"
+    )
+
+
+def test_save_refuses_trained_biases(tmp_path):
+    model, _ = tiny_lora_opt()
+    config = inject.LoRAConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], bias="all")
+    with pytest.raises(ValueError) as raised:
+        adapter.save_adapter(model, tmp_path, config)
+    assert "bias" in str(raised.value), f"the ValueError should name bias: {raised.value}"
+
+
+def test_nothing_is_ever_unpickled(tmp_path, monkeypatch):
+    model, config = tiny_lora_opt()
+    adapter.save_adapter(model, tmp_path, config)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(
+            "load_adapter unpickled something (torch.load / pickle): read "
+            "adapter_model.safetensors with safetensors.torch.load_file instead"
+        )
+
+    for module, name in [(torch, "load"), (pickle, "load"), (pickle, "loads")]:
+        monkeypatch.setattr(module, name, refuse)
+    loaded = adapter.load_adapter(fresh_base(), tmp_path)
+    assert lora_names(loaded), "load_adapter should have injected LoRA"
+
+
+def test_refuses_a_pickle_only_adapter(tmp_path):
+    model, config = tiny_lora_opt()
+    adapter.save_adapter(model, tmp_path, config)
+    (tmp_path / WEIGHTS).unlink()
+    (tmp_path / "adapter_model.bin").write_bytes(pickle.dumps(PickleBomb()))
+    UNPICKLED.clear()
+    with pytest.raises(ValueError) as raised:
+        adapter.load_adapter(fresh_base(), tmp_path)
+    assert not UNPICKLED, "load_adapter unpickled adapter_model.bin: it must never do that"
+    message = str(raised.value)
+    assert "adapter_model.bin" in message and "pickle" in message.lower(), (
+        f"the ValueError should say that adapter_model.bin is a pickle and is refused: {message}"
+    )
+
+
+def test_a_failed_save_leaves_the_previous_adapter_intact(tmp_path, monkeypatch):
+    first, config = tiny_lora_opt(seed=0)
+    adapter.save_adapter(first, tmp_path, config, base_model_name_or_path="first")
+    old = {name: (tmp_path / name).read_bytes() for name in (CONFIG, WEIGHTS)}
+
+    second, _ = tiny_lora_opt(seed=1)
+
+    def fail_midway(tensors, filename, *args, **kwargs):
+        with open(filename, "wb") as handle:
+            handle.write(b"half a file")  # a crash or a full disk, halfway through
+        raise OSError("simulated: disk full")
+
+    import safetensors.torch
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fail_midway)
+    module = load("adapter")  # also where `from safetensors.torch import save_file` lands
+    if hasattr(module, "save_file"):
+        monkeypatch.setattr(module, "save_file", fail_midway)
+    with pytest.raises(OSError, match="simulated"):
+        adapter.save_adapter(second, tmp_path, config, base_model_name_or_path="second")
+    now = {name: (tmp_path / name).read_bytes() for name in (CONFIG, WEIGHTS)}
+    spoilt = [name for name in old if now[name] != old[name]]
+    assert not spoilt, (
+        f"a save that failed midway changed {spoilt}: the previous adapter is lost. Write to "
+        "temporary files and os.replace them only when all are written "
+        "(_write_files_atomically does it)"
+    )
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name not in old)
+    assert not leftovers, f"a failed save left temporary files behind: {leftovers}"

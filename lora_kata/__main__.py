@@ -1,0 +1,3 @@
+from lora_kata.cli import main
+
+raise SystemExit(main())

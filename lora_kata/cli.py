@@ -1,0 +1,280 @@
+"""`lora-kata` (or `python -m lora_kata`): hints, lessons, the report, watch mode, reset.
+
+lora-kata hint [NN] [--level 1|2|3]   tiered hints (a nudge, the concept, nearly the answer)
+lora-kata lesson [NN]                 print the lesson
+lora-kata report [--json]             the last run's report (or its progress JSON)
+lora-kata watch                       rerun the current exercise whenever exercises/ changes
+lora-kata reset NN                    put exercise NN's stubs back (your other work stays)
+lora-kata list                        the exercises, their files and functions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lora_kata import REPO_ROOT, progress
+from lora_kata.catalog import by_id, load_catalog
+from lora_kata.i18n import language, t
+from lora_kata.report import report_lines
+from lora_kata.splice import replace_definitions
+
+LEVEL_NAMES = {
+    "en": {1: "a nudge", 2: "the concept", 3: "nearly the answer"},
+    "zh": {1: "点拨", 2: "概念", 3: "接近答案"},
+}
+
+
+def _current_exercise() -> str:
+    data = progress.read()
+    if data and data.get("next") and data["next"].get("id"):
+        return data["next"]["id"]
+    return load_catalog()[0].id
+
+
+def cmd_hint(args: argparse.Namespace) -> int:
+    lang = language(args.lang)
+    exercise = by_id(args.exercise or _current_exercise())
+    level = max(1, min(args.level, len(exercise.hints)))
+    print(
+        f"{exercise.id} {exercise.title_in(lang)} — {t('hint', lang)} {level}/{len(exercise.hints)}"
+        f" ({LEVEL_NAMES[lang][level]})\n"
+    )
+    print(exercise.hint(level, lang))
+    data = progress.read()
+    step = (data or {}).get("next") or {}
+    if step.get("id") == exercise.id and step.get("test") and level == 1:
+        specific = exercise.hint_for_test(step["test"], lang)
+        if specific:
+            print(f"\n{step['test']}: {specific}")
+    print()
+    if level < len(exercise.hints):
+        print(f"{t('more hints', lang)}: lora-kata hint {exercise.id} --level {level + 1}")
+    for module in exercise.modules:
+        names = [f.split(".", 1)[1] for f in exercise.functions if f.startswith(module + ".")]
+        print(f"{t('edit', lang)}: exercises/{module}.py → {', '.join(names)}")
+    print(f"{t('lesson', lang)}: {exercise.lesson(lang).relative_to(REPO_ROOT)}")
+    return 0
+
+
+def cmd_lesson(args: argparse.Namespace) -> int:
+    lang = language(args.lang)
+    exercise = by_id(args.exercise or _current_exercise())
+    print(exercise.lesson(lang).read_text(encoding="utf-8"))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    data = progress.read(Path(args.progress) if args.progress else None)
+    if data is None:
+        print("No progress yet: run `pytest exercises/` first.")
+        return 1
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return 0
+    lang = language(args.lang)
+    print(t("title", lang))
+    for line, _ in report_lines(data, lang):
+        print(line)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    lang = language(args.lang)
+    for e in load_catalog():
+        requires = f"  (after {', '.join(e.requires)})" if e.requires else ""
+        print(f"{e.id}  {e.title_in(lang)}{requires}")
+        for qualified in e.functions:
+            module, _, name = qualified.partition(".")
+            print(f"      exercises/{module}.py  {name}")
+    return 0
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+
+
+def _pristine_ref(explicit: str | None) -> str:
+    """Where the untouched stubs are: --from, else the upstream branch, else HEAD."""
+    if explicit:
+        return explicit
+    for ref in ("@{upstream}", "origin/HEAD"):
+        if _git("rev-parse", "--verify", "--quiet", ref).returncode == 0:
+            return ref
+    return "HEAD"
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    exercise = by_id(args.exercise)
+    ref = _pristine_ref(args.ref)
+    backups = REPO_ROOT / ".lora_kata" / "backup"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for module in exercise.modules:
+        relative = f"exercises/{module}.py"
+        shown = _git("show", f"{ref}:{relative}")
+        if shown.returncode != 0:
+            print(
+                f"cannot read {relative} at {ref} from git: {shown.stderr.strip()}\n"
+                "Pass the commit holding the original stubs with --from REF.",
+                file=sys.stderr,
+            )
+            return 2
+        path = REPO_ROOT / relative
+        current = path.read_text(encoding="utf-8")
+        names = [f.split(".", 1)[1] for f in exercise.functions if f.startswith(module + ".")]
+        try:
+            restored = replace_definitions(current, shown.stdout, names)
+        except SyntaxError as error:
+            print(
+                f"{relative} does not parse (line {error.lineno}): fix it, or restore the whole "
+                f"file with `git checkout {ref} -- {relative}`.",
+                file=sys.stderr,
+            )
+            return 2
+        backups.mkdir(parents=True, exist_ok=True)
+        backup = backups / f"{module}.py.{stamp}"
+        backup.write_text(current, encoding="utf-8")  # nothing the learner wrote is lost
+        tmp = path.with_suffix(".py.tmp")
+        tmp.write_text(restored, encoding="utf-8")
+        os.replace(tmp, path)
+        print(
+            f"reset {', '.join(names)} in {relative} (from {ref}); "
+            f"your version is saved in {backup.relative_to(REPO_ROOT)}"
+        )
+    return 0
+
+
+def _snapshot(folder: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime_ns for p in folder.glob("*.py")}
+
+
+def _wait_for_change(folder: Path, interval: float, use_events: bool) -> None:
+    if use_events:
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            use_events = False
+    if use_events:
+        import threading
+
+        changed = threading.Event()
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event):
+                if str(event.src_path).endswith(".py"):
+                    changed.set()
+
+        observer = Observer()
+        observer.schedule(Handler(), str(folder), recursive=False)
+        observer.start()
+        try:
+            changed.wait()
+        finally:
+            observer.stop()
+            observer.join()
+        return
+    # Polling fallback: works everywhere (network drives, containers, no watchdog).
+    before = _snapshot(folder)
+    while _snapshot(folder) == before:
+        time.sleep(interval)
+
+
+def _run_exercise(exercise_id: str | None, extra: list[str]) -> int:
+    command = [sys.executable, "-m", "pytest"]
+    if exercise_id is None:
+        command.append("exercises/")
+    else:
+        command.append(str(by_id(exercise_id).test_file.relative_to(REPO_ROOT)))
+    return subprocess.run([*command, *extra], cwd=REPO_ROOT).returncode
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    folder = REPO_ROOT / "exercises"
+    runs = 0
+    print("watching exercises/*.py — save a file to rerun; Ctrl-C to stop", flush=True)
+    _run_exercise(None, args.pytest_args)  # the whole kata once: where are we?
+    runs += 1
+    try:
+        while args.max_runs is None or runs < args.max_runs:
+            _wait_for_change(folder, args.interval, use_events=not args.poll)
+            if args.clear and sys.stdout.isatty():
+                print("\033[2J\033[H", end="")
+            current = _current_exercise()
+            print(f"\n── change detected: rerunning exercise {current} ──", flush=True)
+            _run_exercise(current, args.pytest_args)
+            runs += 1
+            following = _current_exercise()
+            if following != current and (args.max_runs is None or runs < args.max_runs):
+                print(f"\n── {current} done: on to {following} ──", flush=True)
+                _run_exercise(following, args.pytest_args)
+                runs += 1
+    except KeyboardInterrupt:
+        print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lora-kata", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lang", choices=("en", "zh"), help="language (default: locale)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    hint = sub.add_parser("hint", help="show a hint for an exercise")
+    hint.add_argument("exercise", nargs="?", help="exercise number (default: the current one)")
+    hint.add_argument("--level", type=int, default=1, choices=(1, 2, 3))
+    hint.set_defaults(func=cmd_hint)
+
+    lesson = sub.add_parser("lesson", help="print an exercise's lesson")
+    lesson.add_argument("exercise", nargs="?")
+    lesson.set_defaults(func=cmd_lesson)
+
+    report = sub.add_parser("report", help="print the last run's progress report")
+    report.add_argument("--json", action="store_true", help="print the progress JSON instead")
+    report.add_argument("--progress", help="progress file (default .lora_kata/progress.json)")
+    report.set_defaults(func=cmd_report)
+
+    listing = sub.add_parser("list", help="list the exercises")
+    listing.set_defaults(func=cmd_list)
+
+    watch = sub.add_parser("watch", help="rerun the current exercise on every save")
+    watch.add_argument("--poll", action="store_true", help="poll file times instead of events")
+    watch.add_argument("--interval", type=float, default=0.5, help="polling interval, seconds")
+    watch.add_argument("--max-runs", type=int, default=None, help=argparse.SUPPRESS)
+    watch.add_argument(
+        "--no-clear",
+        dest="clear",
+        action="store_false",
+        help="do not clear the screen between runs",
+    )
+    watch.add_argument(
+        "pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments, after --"
+    )
+    watch.set_defaults(func=cmd_watch)
+
+    reset = sub.add_parser("reset", help="restore one exercise's stubs from git")
+    reset.add_argument("exercise")
+    reset.add_argument("--from", dest="ref", help="git ref holding the original stubs")
+    reset.set_defaults(func=cmd_reset)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "pytest_args", None) and args.pytest_args[:1] == ["--"]:
+        args.pytest_args = args.pytest_args[1:]
+    try:
+        return args.func(args)
+    except KeyError as error:
+        print(error.args[0], file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""The runner's own words in English and 简体中文 (lessons and hints live in their files)."""
+
+from __future__ import annotations
+
+import os
+
+MESSAGES: dict[str, dict[str, str]] = {
+    "title": {"en": "LoRA kata: your progress", "zh": "LoRA kata：学习进度"},
+    "done": {"en": "done", "zh": "已完成"},
+    "failing": {"en": "failing", "zh": "未通过"},
+    "not started": {"en": "not started", "zh": "未开始"},
+    "broken": {"en": "broken", "zh": "无法导入"},
+    "waiting": {"en": "waiting for {req}", "zh": "等待 {req} 完成"},
+    "not run": {"en": "not run", "zh": "本次未运行"},
+    "last run": {"en": "last run: {status}", "zh": "上次：{status}"},
+    "tests": {"en": "tests", "zh": "个测试"},
+    "exercises done": {"en": "exercises done", "zh": "个练习已完成"},
+    "next": {"en": "Next", "zh": "下一步"},
+    "edit": {"en": "edit", "zh": "编辑"},
+    "lesson": {"en": "lesson", "zh": "讲义"},
+    "hint": {"en": "Hint", "zh": "提示"},
+    "more hints": {"en": "more help", "zh": "更多提示"},
+    "details": {"en": "full failures", "zh": "完整报错"},
+    "start": {
+        "en": "Start here: open {file}, find `TODO({id})` and replace the "
+        "`raise NotImplementedError(...)` under it.",
+        "zh": "从这里开始：打开 {file}，找到 `TODO({id})`，替换其下的 "
+        "`raise NotImplementedError(...)`。",
+    },
+    "broken detail": {
+        "en": "{where} does not import, so every test that needs it fails. Fix it first:",
+        "zh": "{where} 无法导入，依赖它的测试全部失败。请先修好它：",
+    },
+    "timeout": {
+        "en": "stopped after {seconds:g} s: an endless loop, or far too much work, in {where}?",
+        "zh": "运行超过 {seconds:g} 秒被终止：{where} 里是否有死循环或多余的大量计算？",
+    },
+    "waiting skip": {
+        "en": "finish {req} first ({title}); run anyway with --run-waiting",
+        "zh": "请先完成 {req}（{title}）；如仍要运行，加 --run-waiting",
+    },
+    "all done": {
+        "en": "Every exercise is done. Run the capstone for real on a GPU: "
+        "python -m exercises.finetune --model facebook/opt-6.7b",
+        "zh": "所有练习都已完成！在 GPU 上完整运行毕业项目："
+        "python -m exercises.finetune --model facebook/opt-6.7b",
+    },
+    "example": {"en": "example", "zh": "反例"},
+    "other failures": {
+        "en": "and {n} more failing in this exercise",
+        "zh": "本练习还有 {n} 个失败",
+    },
+    "impl": {"en": "testing: {impl}", "zh": "正在测试：{impl}"},
+}
+
+
+def language(explicit: str | None = None) -> str:
+    """'zh' or 'en': --lang, then LORA_KATA_LANG, then a Chinese locale, else English."""
+    for value in (explicit, os.environ.get("LORA_KATA_LANG")):
+        if value:
+            return "zh" if value.lower().startswith("zh") else "en"
+    for var in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(var)
+        if value:
+            return "zh" if value.lower().startswith("zh") else "en"
+    return "en"
+
+
+def t(key: str, lang: str, **fields: object) -> str:
+    entry = MESSAGES[key]
+    return (entry.get(lang) or entry["en"]).format(**fields)

@@ -1,0 +1,275 @@
+"""The pytest plugin behind `pytest exercises/` (loaded by exercises/conftest.py).
+
+It registers the kata's options, picks the implementation, puts a timeout on every exercise
+test, skips the tests of an exercise whose prerequisites are not done, records why each test
+failed, writes the progress file and prints the progress report.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from lora_kata import REPO_ROOT, impl, progress
+from lora_kata.catalog import by_id, exercise_of_test_file, load_catalog
+from lora_kata.i18n import language, t
+from lora_kata.progress import (
+    BROKEN,
+    DONE,
+    ENV_SKIP,
+    FAILED,
+    OTHER_STUB,
+    OWN_STUB,
+    PASSED,
+    SKIPPED,
+    STUB_MESSAGE,
+    TIMEOUT,
+    WAITING,
+    WRONG,
+    TestRecord,
+)
+from lora_kata.report import next_step, render_report
+
+WAITING_PREFIX = "finish "
+TIMEOUT_MESSAGE = re.compile(r"Timeout \(>([\d.]+)s\) from pytest-timeout")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lora-kata", "LoRA kata")
+    group.addoption(
+        "--solutions",
+        action="store_true",
+        help="test the reference solutions/ instead of your exercises/ "
+        "(the same as LORA_KATA_IMPL=solutions)",
+    )
+    group.addoption(
+        "--run-waiting",
+        action="store_true",
+        help="run the tests of exercises whose earlier exercises are not done yet",
+    )
+    group.addoption(
+        "--lang",
+        choices=("en", "zh"),
+        default=None,
+        help="language of the report and hints (default: LORA_KATA_LANG, then the locale)",
+    )
+    group.addoption(
+        "--kata-progress",
+        default=None,
+        metavar="PATH",
+        help="where to write the progress JSON (default: .lora_kata/progress.json)",
+    )
+    group.addoption(
+        "--no-kata-report", action="store_true", help="do not print the progress report"
+    )
+
+
+class KataState:
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.lang = language(config.getoption("--lang"))
+        self.impl = impl.current()
+        self.progress_path = Path(config.getoption("--kata-progress") or progress.default_path())
+        self.previous = progress.last_statuses(self.impl, self.progress_path)
+        self.records: dict[str, TestRecord] = {}
+        self.started = time.monotonic()
+        self.summary: dict | None = None
+
+
+STATE_KEY = pytest.StashKey[KataState]()
+
+
+def _state(config: pytest.Config) -> KataState:
+    return config.stash[STATE_KEY]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from lora_kata.hypothesis_profiles import register_and_load
+
+    if config.getoption("--solutions"):
+        os.environ[impl.ENV_VAR] = "solutions"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    register_and_load()
+    learner = impl.current() == "exercises"
+    if config.option.tbstyle == "auto":
+        # The report is the interface; `--tb=short` brings the tracebacks back.
+        config.option.tbstyle = "no" if learner else "line"
+    if learner and config.option.reportchars == "fE":
+        config.option.reportchars = ""
+    config.stash[STATE_KEY] = KataState(config)
+
+
+def _exercise_of(item: pytest.Item) -> str | None:
+    """The catalogued exercise a test belongs to (by its file name), else None."""
+    exercise_id = exercise_of_test_file(item.path)
+    known = {e.id for e in load_catalog()}
+    return exercise_id if exercise_id in known else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    method = "signal" if hasattr(signal, "SIGALRM") else "thread"
+    for item in items:
+        exercise_id = _exercise_of(item)
+        if exercise_id is None or item.get_closest_marker("timeout"):
+            continue
+        # signal: the test fails with a message and the run (and its report) goes on.
+        seconds = float(os.environ.get("LORA_KATA_TIMEOUT") or by_id(exercise_id).timeout)
+        item.add_marker(pytest.mark.timeout(seconds, method=method))
+
+
+def _status_so_far(state: KataState, exercise_id: str) -> str | None:
+    """done / not done for an exercise whose tests ran earlier in this session, else None."""
+    mine = [r for r in state.records.values() if r.exercise == exercise_id]
+    if not mine:
+        return None
+    failed = any(r.outcome == FAILED or r.why == WAITING for r in mine)
+    return "not done" if failed or not any(r.outcome == PASSED for r in mine) else DONE
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    exercise_id = _exercise_of(item)
+    if exercise_id is None or item.config.getoption("--run-waiting"):
+        return
+    state = _state(item.config)
+    for req in by_id(exercise_id).requires:
+        status = _status_so_far(state, req) or state.previous.get(req)
+        if status is not None and status != DONE:
+            title = by_id(req).title_in(state.lang)
+            # The reason starts "finish NN first" (in English: it is parsed back below).
+            pytest.skip(t("waiting skip", "en", req=req, title=title))
+
+
+def _crash_location(excinfo: pytest.ExceptionInfo, test_path: Path) -> str | None:
+    """file:line of the deepest frame in the learner's implementation, else in the test."""
+    chosen = None
+    for entry in excinfo.traceback:
+        path = Path(str(entry.path))
+        if path == test_path or ("site-packages" not in str(path) and REPO_ROOT in path.parents):
+            if "lora_kata" not in path.parts:
+                chosen = (path, entry.lineno + 1)
+    if chosen is None:
+        return None
+    path, line = chosen
+    try:
+        return f"{path.relative_to(REPO_ROOT)}:{line}"
+    except ValueError:
+        return f"{path}:{line}"
+
+
+def _first_line(text: str) -> str:
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _classify(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestReport) -> dict:
+    exercise_id = _exercise_of(item)
+    info: dict = {}
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        info["why"] = WAITING if reason.startswith(WAITING_PREFIX) else ENV_SKIP
+        info["message"] = reason
+        if info["why"] == WAITING:
+            info["message"] = reason[len(WAITING_PREFIX) : len(WAITING_PREFIX) + 2]
+        return info
+    excinfo = call.excinfo
+    if excinfo is None:
+        return info
+    error = excinfo.value
+    info["error_type"] = type(error).__name__
+    info["message"] = _first_line(str(error)) or type(error).__name__
+    info["where"] = _crash_location(excinfo, Path(str(item.path)))
+    notes = getattr(error, "__notes__", None) or []
+    examples = [n for n in notes if "Falsifying example" in n or "example" in n.lower()]
+    if examples:
+        info["example"] = " ".join(examples[0].split())[:300]
+    if isinstance(error, impl.KataModuleBroken):
+        info["why"] = BROKEN
+        info["where"] = f"{error.file}:{error.line}" if error.line else error.file
+        info["message"] = f"{type(error.error).__name__}: {error.error}"
+        return info
+    match = STUB_MESSAGE.match(str(error)) if isinstance(error, NotImplementedError) else None
+    if match:
+        info["stub_exercise"], info["stub_function"] = match.group(1), match.group(2).strip()
+        info["why"] = OWN_STUB if match.group(1) == exercise_id else OTHER_STUB
+        return info
+    timeout = TIMEOUT_MESSAGE.search(str(error))
+    if timeout:
+        info["why"] = TIMEOUT
+        info["message"] = f"Timeout after {timeout.group(1)} s"
+        return info
+    info["why"] = WRONG
+    return info
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    exercise_id = _exercise_of(item)
+    if exercise_id is None:
+        return report
+    state = _state(item.config)
+    record = state.records.get(item.nodeid)
+    if record is None:
+        record = TestRecord(item.nodeid, item.name, exercise_id, PASSED)
+        state.records[item.nodeid] = record
+    record.duration_s = round(record.duration_s + report.duration, 4)
+    if report.failed or (report.skipped and record.outcome == PASSED):
+        if record.outcome == FAILED:
+            return report  # keep the first failure (call before teardown)
+        record.outcome = FAILED if report.failed else SKIPPED
+        for key, value in _classify(item, call, report).items():
+            setattr(record, key, value)
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Hypothesis offers a `git apply` patch of failing examples; a learner needs the report.
+    report.__dict__.pop("_hypothesis_failing_examples", None)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if STATE_KEY not in config.stash:
+        return
+    state = _state(config)
+    records = list(state.records.values())
+    results = progress.summarise(records, state.previous)
+    step = next_step(results, records, state.lang)
+    state.summary = progress.as_json(
+        state.impl, state.lang, results, records, step, time.monotonic() - state.started
+    )
+    state.summary["_results"] = results  # for the report; dropped before writing
+    data = {k: v for k, v in state.summary.items() if not k.startswith("_")}
+    if records:
+        progress.write(data, state.progress_path)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if STATE_KEY not in config.stash or config.getoption("--no-kata-report"):
+        return
+    state = _state(config)
+    if not state.summary or not state.records:
+        return
+    render_report(terminalreporter, state.summary, list(state.records.values()), state.lang)
+
+
+__all__ = [
+    "pytest_addoption",
+    "pytest_collection_modifyitems",
+    "pytest_configure",
+    "pytest_runtest_logreport",
+    "pytest_runtest_makereport",
+    "pytest_runtest_setup",
+    "pytest_sessionfinish",
+    "pytest_terminal_summary",
+]

@@ -1,0 +1,187 @@
+"""What a run found, per test and per exercise, and the progress file instructors read.
+
+The progress file (JSON, default `.lora_kata/progress.json`) holds, for the last run: the
+implementation tested, each exercise's status with passed/total and time, the next step, and
+one record per test. The report printed at the end of `pytest exercises/` is drawn from the
+same data, so the two always agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lora_kata import REPO_ROOT
+from lora_kata.catalog import Exercise, load_catalog
+
+SCHEMA = 1
+STUB_MESSAGE = re.compile(r"Exercise (\d\d): *(.*)")
+
+# Test-level kinds of outcome.
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+# Why a test did not pass.
+OWN_STUB, OTHER_STUB, BROKEN, TIMEOUT, WRONG, WAITING, ENV_SKIP = (
+    "own stub",
+    "other stub",
+    "broken",
+    "timeout",
+    "wrong",
+    "waiting",
+    "skipped here",
+)
+# Exercise statuses, in the words of the report.
+DONE, FAILING, NOT_STARTED, BROKEN_STATUS, WAITING_STATUS, NOT_RUN = (
+    "done",
+    "failing",
+    "not started",
+    "broken",
+    "waiting",
+    "not run",
+)
+
+
+@dataclass
+class TestRecord:
+    nodeid: str
+    name: str
+    exercise: str
+    outcome: str
+    why: str | None = None
+    error_type: str | None = None
+    message: str = ""
+    where: str | None = None
+    example: str | None = None
+    stub_exercise: str | None = None
+    stub_function: str | None = None
+    duration_s: float = 0.0
+
+
+@dataclass
+class ExerciseResult:
+    id: str
+    title: str
+    status: str
+    passed: int = 0
+    total: int = 0
+    time_s: float = 0.0
+    waiting_for: list[str] = field(default_factory=list)
+    broken_at: str | None = None
+    broken_message: str | None = None
+    last_status: str | None = None  # for exercises not run this time
+
+
+def default_path() -> Path:
+    return Path(os.environ.get("LORA_KATA_PROGRESS") or REPO_ROOT / ".lora_kata" / "progress.json")
+
+
+def read(path: Path | None = None) -> dict | None:
+    path = path or default_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
+
+
+def last_statuses(impl: str, path: Path | None = None) -> dict[str, str]:
+    """Each exercise's status in the last run of the same implementation."""
+    data = read(path)
+    if not data or data.get("impl") != impl:
+        return {}
+    out = {}
+    for e in data.get("exercises", []):
+        status = e.get("status")
+        out[e["id"]] = e.get("last_status") if status == NOT_RUN else status
+    return {k: v for k, v in out.items() if v}
+
+
+def exercise_status(exercise: Exercise, records: list[TestRecord]) -> ExerciseResult:
+    passed = sum(r.outcome == PASSED for r in records)
+    result = ExerciseResult(exercise.id, exercise.title["en"], NOT_RUN, passed, len(records))
+    result.time_s = round(sum(r.duration_s for r in records), 3)
+    if not records:
+        return result
+    failed = [r for r in records if r.outcome == FAILED]
+    waiting = [r for r in records if r.why == WAITING]
+    broken = [r for r in failed if r.why == BROKEN]
+    if broken:
+        result.status = BROKEN_STATUS
+        result.broken_at = broken[0].where
+        result.broken_message = broken[0].message
+    elif waiting and not failed and not passed:
+        result.status = WAITING_STATUS
+        result.waiting_for = sorted({r.message for r in waiting})
+    elif not failed and passed:
+        result.status = DONE
+    elif not failed:  # everything skipped for reasons of this machine (no GPU, ...)
+        result.status = NOT_RUN
+    elif not passed and all(r.why == OWN_STUB for r in failed):
+        result.status = NOT_STARTED
+    else:
+        result.status = FAILING
+    return result
+
+
+def summarise(records: list[TestRecord], previous: dict[str, str]) -> list[ExerciseResult]:
+    results = []
+    for exercise in load_catalog():
+        mine = [r for r in records if r.exercise == exercise.id]
+        result = exercise_status(exercise, mine)
+        if result.status == NOT_RUN:
+            result.last_status = previous.get(exercise.id)
+        results.append(result)
+    return results
+
+
+def effective_status(result: ExerciseResult) -> str | None:
+    return result.last_status if result.status == NOT_RUN else result.status
+
+
+def next_exercise(results: list[ExerciseResult]) -> ExerciseResult | None:
+    """The first exercise of this run that is not done; else the first not done at all."""
+    for result in results:
+        if result.status not in (NOT_RUN, DONE):
+            return result
+    for result in results:
+        if effective_status(result) != DONE:
+            return result
+    return None
+
+
+def write(data: dict, path: Path | None = None) -> Path:
+    """Write atomically: a reader never sees half a file."""
+    path = path or default_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".progress-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, ensure_ascii=False, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def as_json(
+    impl: str,
+    lang: str,
+    results: list[ExerciseResult],
+    records: list[TestRecord],
+    next_step: dict | None,
+    duration_s: float,
+) -> dict:
+    return {
+        "schema": SCHEMA,
+        "impl": impl,
+        "lang": lang,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "duration_s": round(duration_s, 3),
+        "passed": sum(r.passed for r in results),
+        "total": sum(r.total for r in results),
+        "exercises": [asdict(r) for r in results],
+        "next": next_step,
+        "tests": [asdict(r) for r in records],
+    }

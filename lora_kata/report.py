@@ -1,0 +1,208 @@
+"""The progress report printed at the end of `pytest exercises/` (and by `lora-kata report`).
+
+It is drawn from the same dict that is written to the progress file, so both always agree.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable
+
+from lora_kata import REPO_ROOT
+from lora_kata.catalog import by_id
+from lora_kata.i18n import t
+from lora_kata.progress import (
+    BROKEN_STATUS,
+    DONE,
+    FAILED,
+    FAILING,
+    NOT_RUN,
+    NOT_STARTED,
+    OWN_STUB,
+    TIMEOUT,
+    WAITING_STATUS,
+    ExerciseResult,
+    TestRecord,
+    effective_status,
+    next_exercise,
+)
+
+MARKS = {DONE: "✔", FAILING: "✘", NOT_STARTED: "·", BROKEN_STATUS: "!", WAITING_STATUS: "⧗"}
+COLOURS = {DONE: "green", FAILING: "red", BROKEN_STATUS: "red", WAITING_STATUS: "yellow"}
+BAR_WIDTH = 30
+
+
+def _width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _width(text))
+
+
+def _relative_lesson(exercise_id: str, lang: str) -> str:
+    exercise = by_id(exercise_id)
+    return f"lessons/{lang}/{exercise.id}-{exercise.slug}.md"
+
+
+def next_step(results: list[ExerciseResult], records: list[TestRecord], lang: str) -> dict | None:
+    """The next exercise, where to edit, and the first failure with its hint."""
+    target = next_exercise(results)
+    if target is None:
+        return {"all_done": True} if results else None
+    exercise = by_id(target.id)
+    module, _, function = exercise.functions[0].partition(".")
+    if len(exercise.modules) == 1 and len(exercise.functions) > 1:
+        function = ", ".join(f.partition(".")[2] for f in exercise.functions)
+    step: dict = {
+        "id": exercise.id,
+        "title": exercise.title_in(lang),
+        "status": effective_status(target),
+        "file": f"exercises/{module}.py",
+        "function": function,
+        "lesson": _relative_lesson(exercise.id, lang),
+        "more": f"lora-kata hint {exercise.id} --level 2",
+    }
+    failures = [r for r in records if r.exercise == exercise.id and r.outcome == FAILED]
+    if not failures:
+        step["hint"] = exercise.hint(1, lang)
+        return step
+    first = failures[0]
+    if first.why == OWN_STUB and first.stub_function:
+        # The stub names the function; the catalogue knows its module.
+        for qualified in exercise.functions:
+            mod, _, name = qualified.partition(".")
+            if name == first.stub_function:
+                step["file"], step["function"] = f"exercises/{mod}.py", name
+                break
+    elif first.where and "/tests/" not in first.where:
+        # The failure happened inside the learner's code: point at that function.
+        enclosing = _enclosing_definition(first.where)
+        if enclosing:
+            step["file"], step["function"] = enclosing
+    step["test"] = first.name
+    step["where"] = first.where
+    step["why"] = first.why
+    step["message"] = first.message
+    step["example"] = first.example
+    step["failing"] = len(failures)
+    if first.why == OWN_STUB:
+        step["example"] = None  # any input fails a stub: the example says nothing
+        step["hint"] = exercise.hint(1, lang)
+    else:
+        step["hint"] = exercise.hint_for_test(first.name, lang) or exercise.hint(1, lang)
+    return step
+
+
+def _enclosing_definition(where: str) -> tuple[str, str] | None:
+    """(exercises/<module>.py, qualified name) of the def around `path:line`, if any."""
+    from lora_kata.splice import definition_at
+
+    path, _, line = where.rpartition(":")
+    try:
+        source = (
+            (REPO_ROOT / path).read_text(encoding="utf-8")
+            if not path.startswith("/")
+            else open(path, encoding="utf-8").read()
+        )
+    except OSError:
+        return None
+    name = definition_at(source, int(line)) if line.isdigit() else None
+    if name is None:
+        return None
+    return f"exercises/{path.rsplit('/', 1)[-1]}", name
+
+
+Writer = Callable[..., None]
+
+
+def render_report(terminal, data: dict, records: object, lang: str) -> None:
+    """Print the report with pytest's terminal writer (colours where the terminal has them)."""
+    terminal.write_sep("─", t("title", lang), bold=True)
+    for line, markup in report_lines(data, lang):
+        terminal.write_line(line, **markup)
+
+
+def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
+    """The report as (text, markup) lines, from a progress dict (see lora_kata.progress)."""
+    out: list[tuple[str, dict]] = []
+    exercises = data["exercises"]
+    title_width = max(_width(by_id(e["id"]).title_in(lang)) for e in exercises) + 2
+    for e in exercises:
+        exercise = by_id(e["id"])
+        status = e["status"]
+        if status == WAITING_STATUS:
+            words = t("waiting", lang, req=", ".join(e["waiting_for"]))
+        elif status == NOT_RUN:
+            words = t("not run", lang)
+            if e.get("last_status"):
+                words += " (" + t("last run", lang, status=t(e["last_status"], lang)) + ")"
+        else:
+            words = t(status, lang)
+        count = f"{e['passed']}/{e['total']}" if e["total"] else ""
+        if status == BROKEN_STATUS and e.get("broken_at"):
+            count = e["broken_at"]
+        mark = MARKS.get(status, "-")
+        text = f" {mark} {e['id']}  {_pad(exercise.title_in(lang), title_width)}"
+        text += f"{_pad(words, 22)} {count}"
+        colour = COLOURS.get(status)
+        out.append((text.rstrip(), {colour: True} if colour else {}))
+    passed, total = data["passed"], data["total"]
+    done = sum(effective_status_of(e) == DONE for e in exercises)
+    filled = round(BAR_WIDTH * passed / total) if total else 0
+    bar = "█" * filled + "░" * (BAR_WIDTH - filled)
+    out.append(("", {}))
+    out.append(
+        (
+            f" [{bar}] {passed}/{total} {t('tests', lang)} · "
+            f"{done}/{len(exercises)} {t('exercises done', lang)}",
+            {"bold": True},
+        )
+    )
+    step = data.get("next")
+    if not step:
+        return out
+    out.append(("", {}))
+    if step.get("all_done"):
+        out.append((" " + t("all done", lang), {"green": True, "bold": True}))
+        return out
+    out.append((f" {t('next', lang)}: {step['id']} {step['title']}", {"bold": True}))
+    out.append((f"   {t('edit', lang)}: {step['file']} → {step['function']}", {}))
+    out.append((f"   {t('lesson', lang)}: {step['lesson']}", {}))
+    if step.get("why") == BROKEN_STATUS or step.get("why") == "broken":
+        out.append(("", {}))
+        out.append((" " + t("broken detail", lang, where=step.get("where")), {"red": True}))
+        out.append(("   " + step["message"], {}))
+        return out
+    elif step.get("test"):
+        out.append(("", {}))
+        where = f" ({step['where']})" if step.get("where") else ""
+        out.append((f" ✘ {step['test']}{where}", {"red": True}))
+        if step.get("why") == OWN_STUB:
+            out.append(("   " + t("start", lang, file=step["file"], id=step["id"]), {}))
+        elif step.get("why") == TIMEOUT:
+            seconds = float(step["message"].split()[2])  # "Timeout after N s"
+            place = step.get("where") or step["file"]
+            out.append(("   " + t("timeout", lang, seconds=seconds, where=place), {}))
+        else:
+            out.append(("   " + step["message"], {}))
+        if step.get("example"):
+            out.append((f"   {t('example', lang)}: {step['example']}", {}))
+        if step.get("failing", 0) > 1:
+            out.append(("   (" + t("other failures", lang, n=step["failing"] - 1) + ")", {}))
+    out.append(("", {}))
+    for i, line in enumerate(step["hint"].strip().splitlines()):
+        prefix = f" {t('hint', lang)}: " if i == 0 else "   "
+        out.append((prefix + line, {"cyan": True} if i == 0 else {}))
+    out.append(
+        (
+            f"   {t('more hints', lang)}: {step['more']}  ·  {t('details', lang)}: "
+            f"pytest exercises/ -k test_{step['id']} --tb=short",
+            {},
+        )
+    )
+    return out
+
+
+def effective_status_of(entry: dict) -> str | None:
+    return entry.get("last_status") if entry["status"] == NOT_RUN else entry["status"]

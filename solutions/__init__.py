@@ -1,0 +1,1 @@
+"""The LoRA kata's reference solutions: the same modules and signatures as `exercises/`."""

@@ -1,0 +1,144 @@
+"""Run the kata's exercise tests in a subprocess against any implementation, and read back
+what happened (the progress JSON the runner writes, and the printed report)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_kata.catalog import Exercise, by_id
+from lora_kata.splice import replace_definitions
+
+REPO = Path(__file__).resolve().parent.parent
+MUTANTS_DIR = Path(__file__).resolve().parent / "mutants"
+
+
+@dataclass
+class KataRun:
+    returncode: int
+    output: str
+    progress: dict
+
+    def tests(self, exercise: str | None = None) -> list[dict]:
+        return [t for t in self.progress.get("tests", []) if exercise in (None, t["exercise"])]
+
+    def status(self, exercise: str) -> str:
+        for entry in self.progress["exercises"]:
+            if entry["id"] == exercise:
+                return entry["status"]
+        raise KeyError(exercise)
+
+    def explain(self) -> str:
+        return f"exit {self.returncode}\n{self.output[-6000:]}"
+
+
+def run_kata(
+    impl: str | Path,
+    *pytest_args: str,
+    cwd: Path = REPO,
+    lang: str = "en",
+    timeout: float = 1200,
+    extra_env: dict[str, str] | None = None,
+) -> KataRun:
+    """`pytest exercises/ ARGS` with LORA_KATA_IMPL=impl, in a fresh interpreter."""
+    progress_path = (
+        Path(cwd)
+        / ".lora_kata"
+        / f"quality-{os.getpid()}-{abs(hash((str(impl), pytest_args)))}.json"
+    )
+    progress_path.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LORA_KATA_"))}
+    env.update(
+        LORA_KATA_IMPL=str(impl),
+        LORA_KATA_LANG=lang,
+        HF_HUB_OFFLINE="1",
+        HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "ci"),
+        PYTHONDONTWRITEBYTECODE="1",
+        COLUMNS="120",
+    )
+    env.update(extra_env or {})
+    targets = [] if any(a.startswith("exercises/") for a in pytest_args) else ["exercises/"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *targets,
+        "--kata-progress",
+        str(progress_path),
+        "-p",
+        "no:cacheprovider",
+        *pytest_args,
+    ]
+    done = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    try:
+        progress = json.loads(progress_path.read_text(encoding="utf-8"))
+    except OSError:
+        progress = {}
+    finally:
+        progress_path.unlink(missing_ok=True)
+    return KataRun(done.returncode, done.stdout + done.stderr, progress)
+
+
+def copy_solutions(destination: Path) -> Path:
+    """A copy of solutions/ as a standalone package directory."""
+    target = destination / "impl"
+    shutil.copytree(REPO / "solutions", target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def solutions_with_stub(exercise: Exercise, destination: Path) -> Path:
+    """The solutions, except that `exercise`'s functions are its untouched stubs again."""
+    target = copy_solutions(destination)
+    for module in exercise.modules:
+        names = [f.split(".", 1)[1] for f in exercise.functions if f.split(".", 1)[0] == module]
+        stub = (REPO / "exercises" / f"{module}.py").read_text(encoding="utf-8")
+        path = target / f"{module}.py"
+        path.write_text(replace_definitions(path.read_text(encoding="utf-8"), stub, names))
+    return target
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    exercise: str
+    file: str
+    find: str
+    replace: str
+    expect: str
+
+    def apply(self, destination: Path) -> Path:
+        target = copy_solutions(destination)
+        path = target / self.file
+        source = path.read_text(encoding="utf-8")
+        count = source.count(self.find)
+        if count != 1:
+            raise AssertionError(
+                f"mutant {self.id}: its `find` text occurs {count} times in solutions/{self.file} "
+                "(must be exactly once): update tests/mutants to match the solution"
+            )
+        path.write_text(source.replace(self.find, self.replace), encoding="utf-8")
+        return target
+
+
+def load_mutants() -> list[Mutant]:
+    mutants = []
+    for path in sorted(MUTANTS_DIR.glob("*.toml")):
+        for entry in tomllib.loads(path.read_text(encoding="utf-8")).get("mutant", []):
+            mutants.append(Mutant(**entry))
+    return mutants
+
+
+def exercise_test_path(exercise_id: str) -> str:
+    return str(by_id(exercise_id).test_file.relative_to(REPO))
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split())
