@@ -42,7 +42,8 @@ def trainable_parameters_line(model: nn.Module) -> str:
 def lora_parameter_count(in_features: int, out_features: int, r: int) -> int:
     """How many parameters LoRA adds to one Linear(in_features → out_features) at rank r.
 
-    A is (r, in_features) and B is (out_features, r). lora_parameter_count(4096, 4096, 16) == 131072.
+    A is (r, in_features) and B is (out_features, r).
+    lora_parameter_count(4096, 4096, 16) == 131072.
     """
     # TODO(03): the number of values in A plus the number in B.
     raise NotImplementedError("Exercise 03: lora_parameter_count")

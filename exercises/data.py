@@ -100,5 +100,5 @@ def collate_for_causal_lm(features: list[dict], pad_token_id: int) -> dict[str, 
     Build labels from a clone of input_ids. ValueError for no features or a pad_token_id of
     None.
     """
-    # TODO(06): pad on the right, build the attention mask, and labels = input_ids with -100 on padding.
+    # TODO(06): right-pad, build attention_mask, labels = input_ids with -100 on padding.
     raise NotImplementedError("Exercise 06: collate_for_causal_lm")

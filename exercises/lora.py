@@ -11,7 +11,7 @@ Lessons: lessons/en/01-lora-layer.md, 02-forward-and-scaling.md, 05-merge-unmerg
 
 from __future__ import annotations
 
-import math
+import math  # noqa: F401  (you will need it: math.sqrt)
 
 import torch
 from torch import nn

@@ -153,7 +153,13 @@ def _snapshot(folder: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime_ns for p in folder.glob("*.py")}
 
 
-def _wait_for_change(folder: Path, interval: float, use_events: bool) -> None:
+def _wait_for_change(
+    folder: Path, interval: float, use_events: bool, before: dict[str, float]
+) -> None:
+    """Return once a .py file in `folder` differs from `before` (taken before the last run,
+    so a save made while the tests ran is not missed)."""
+    if _snapshot(folder) != before:
+        return
     if use_events:
         try:
             from watchdog.events import FileSystemEventHandler
@@ -180,7 +186,6 @@ def _wait_for_change(folder: Path, interval: float, use_events: bool) -> None:
             observer.join()
         return
     # Polling fallback: works everywhere (network drives, containers, no watchdog).
-    before = _snapshot(folder)
     while _snapshot(folder) == before:
         time.sleep(interval)
 
@@ -198,11 +203,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
     folder = REPO_ROOT / "exercises"
     runs = 0
     print("watching exercises/*.py — save a file to rerun; Ctrl-C to stop", flush=True)
+    before = _snapshot(folder)
     _run_exercise(None, args.pytest_args)  # the whole kata once: where are we?
     runs += 1
     try:
         while args.max_runs is None or runs < args.max_runs:
-            _wait_for_change(folder, args.interval, use_events=not args.poll)
+            _wait_for_change(folder, args.interval, not args.poll, before)
+            before = _snapshot(folder)
             if args.clear and sys.stdout.isatty():
                 print("\033[2J\033[H", end="")
             current = _current_exercise()

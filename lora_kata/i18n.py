@@ -11,6 +11,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     "not started": {"en": "not started", "zh": "未开始"},
     "broken": {"en": "broken", "zh": "无法导入"},
     "waiting": {"en": "waiting for {req}", "zh": "等待 {req} 完成"},
+    "waiting plain": {"en": "waiting", "zh": "等待中"},
     "not run": {"en": "not run", "zh": "本次未运行"},
     "last run": {"en": "last run: {status}", "zh": "上次：{status}"},
     "tests": {"en": "tests", "zh": "个测试"},
@@ -41,9 +42,9 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "all done": {
         "en": "Every exercise is done. Run the capstone for real on a GPU: "
-        "python -m exercises.finetune --model facebook/opt-6.7b",
+        "python -m {package}.finetune --model facebook/opt-6.7b",
         "zh": "所有练习都已完成！在 GPU 上完整运行毕业项目："
-        "python -m exercises.finetune --model facebook/opt-6.7b",
+        "python -m {package}.finetune --model facebook/opt-6.7b",
     },
     "example": {"en": "example", "zh": "反例"},
     "other failures": {

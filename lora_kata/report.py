@@ -127,6 +127,8 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
     """The report as (text, markup) lines, from a progress dict (see lora_kata.progress)."""
     out: list[tuple[str, dict]] = []
     exercises = data["exercises"]
+    if data.get("impl", "exercises") != "exercises":
+        out.append((" " + t("impl", lang, impl=data["impl"]), {"yellow": True}))
     title_width = max(_width(by_id(e["id"]).title_in(lang)) for e in exercises) + 2
     for e in exercises:
         exercise = by_id(e["id"])
@@ -136,7 +138,9 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
         elif status == NOT_RUN:
             words = t("not run", lang)
             if e.get("last_status"):
-                words += " (" + t("last run", lang, status=t(e["last_status"], lang)) + ")"
+                last = e["last_status"]
+                last_words = t("waiting plain" if last == WAITING_STATUS else last, lang)
+                words += " (" + t("last run", lang, status=last_words) + ")"
         else:
             words = t(status, lang)
         count = f"{e['passed']}/{e['total']}" if e["total"] else ""
@@ -164,7 +168,10 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
         return out
     out.append(("", {}))
     if step.get("all_done"):
-        out.append((" " + t("all done", lang), {"green": True, "bold": True}))
+        package = (
+            data.get("impl") if data.get("impl") in ("exercises", "solutions") else "exercises"
+        )
+        out.append((" " + t("all done", lang, package=package), {"green": True, "bold": True}))
         return out
     out.append((f" {t('next', lang)}: {step['id']} {step['title']}", {"bold": True}))
     out.append((f"   {t('edit', lang)}: {step['file']} → {step['function']}", {}))

@@ -102,16 +102,15 @@ def frozen_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         if not name.endswith(("lora_A", "lora_B")) and torch.is_tensor(tensor)
     }
     for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        for attribute in ("CB", "SCB"):  # bitsandbytes Int8Params keeps them on the weight
-            value = getattr(weight, attribute, None)
-            if torch.is_tensor(value):
-                snapshot[f"{name}.weight.{attribute}"] = value.detach().clone()
-        state = getattr(module, "state", None)
-        for attribute in ("CB", "SCB"):  # ... and on the layer's MatmulLtState
+        weight, state = getattr(module, "weight", None), getattr(module, "state", None)
+        for attribute in ("CB", "SCB"):
+            # bitsandbytes keeps the int8 matrix (CB) and its per-row scales (SCB) on the
+            # weight until the first forward, then moves them to the layer's MatmulLtState.
             value = getattr(state, attribute, None)
+            if value is None:
+                value = getattr(weight, attribute, None)
             if torch.is_tensor(value):
-                snapshot[f"{name}.state.{attribute}"] = value.detach().clone()
+                snapshot[f"{name}.{attribute}"] = value.detach().clone()
     return snapshot
 
 

@@ -141,8 +141,8 @@ def collate_for_causal_lm(features: list[dict], pad_token_id: int) -> dict[str, 
         raise ValueError("collate_for_causal_lm needs at least one feature")
     if pad_token_id is None:
         raise ValueError(
-            "pad_token_id is None: give the tokenizer a pad token (OPT has <pad> = 1; "
-            "for GPT-2 / LLaMA tokenizers many recipes use tokenizer.pad_token = tokenizer.eos_token)"
+            "pad_token_id is None: give the tokenizer a pad token (OPT has <pad> = 1; for "
+            "GPT-2 / LLaMA tokenizers, recipes use tokenizer.pad_token = tokenizer.eos_token)"
         )
     ids = [torch.as_tensor(f["input_ids"], dtype=torch.long).reshape(-1) for f in features]
     masks = [

@@ -9,7 +9,6 @@ from transformers' Trainer, and `generate` decodes the tutorial's prompt greedil
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -113,8 +112,6 @@ def finetune(
             losses.append(float(loss))
             recent = losses[-10:]
             bar.set_postfix(loss=f"{loss:.4f}", running=f"{sum(recent) / len(recent):.4f}")
-            if not math.isfinite(loss) and scaler is None:
-                raise FloatingPointError(f"the loss became {loss} at step {len(losses) - 1}")
     finally:
         model.config.use_cache = use_cache  # "Please re-enable for inference!"
         model.train(was_training)

@@ -52,8 +52,7 @@ class LoRAConfig:
                 raise ValueError("target_modules is an empty string: give a regex or a list")
         elif not isinstance(targets, Iterable) or not all(isinstance(t, str) for t in targets):
             raise ValueError(
-                f"target_modules must be a list of module names or a regex string, "
-                f"got {targets!r}"
+                f"target_modules must be a list of module names or a regex string, got {targets!r}"
             )
         elif not list(targets):
             raise ValueError("target_modules is empty: name at least one module, e.g. q_proj")

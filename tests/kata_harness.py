@@ -87,6 +87,16 @@ def run_kata(
     return KataRun(done.returncode, done.stdout + done.stderr, progress)
 
 
+def copy_kata(destination: Path) -> Path:
+    """A fresh copy of the kata as a learner has it (stubs untouched), without git."""
+    for name in ("exercises", "lora_kata", "data", "lessons"):
+        shutil.copytree(
+            REPO / name, destination / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    shutil.copy(REPO / "pyproject.toml", destination)
+    return destination
+
+
 def copy_solutions(destination: Path) -> Path:
     """A copy of solutions/ as a standalone package directory."""
     target = destination / "impl"

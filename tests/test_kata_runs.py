@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from lora_kata.catalog import by_id, load_catalog
-from tests.kata_harness import REPO, copy_solutions, run_kata, solutions_with_stub
+from tests.kata_harness import REPO, copy_kata, copy_solutions, run_kata, solutions_with_stub
 
 IDS = [e.id for e in load_catalog()]
 
@@ -24,11 +24,19 @@ def stubs_run():
     return run_kata("exercises")
 
 
+# Tests sharing a module fixture run on one xdist worker (`--dist loadgroup`), so each full
+# run happens once; everything else spreads over the workers.
+ON_SOLUTIONS_RUN = pytest.mark.xdist_group("solutions_run")
+ON_STUBS_RUN = pytest.mark.xdist_group("stubs_run")
+
+
+@ON_SOLUTIONS_RUN
 def test_solutions_pass_the_whole_kata(solutions_run):
     assert solutions_run.returncode == 0, solutions_run.explain()
     assert solutions_run.tests(), "no exercise test ran"
 
 
+@ON_SOLUTIONS_RUN
 @pytest.mark.parametrize("exercise", IDS)
 def test_solutions_finish_each_exercise(solutions_run, exercise):
     failed = [t["name"] for t in solutions_run.tests(exercise) if t["outcome"] == "failed"]
@@ -38,9 +46,7 @@ def test_solutions_finish_each_exercise(solutions_run, exercise):
 
 def test_solutions_copied_over_exercises_pass(tmp_path):
     """An instructor's literal `cp solutions/*.py exercises/` in a fresh copy of the kata."""
-    for name in ("exercises", "lora_kata", "data", "lessons"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    copy_kata(tmp_path)
     for source in (REPO / "solutions").glob("*.py"):
         shutil.copy(source, tmp_path / "exercises" / source.name)
     run = run_kata("exercises", cwd=tmp_path)
@@ -56,6 +62,7 @@ def test_the_flag_and_the_environment_variable_select_the_same_reference():
     assert len(by_flag.tests()) == len(by_env.tests()) > 0
 
 
+@ON_STUBS_RUN
 def test_untouched_stubs_fail_and_the_report_names_01_next(stubs_run):
     assert stubs_run.returncode == 1, stubs_run.explain()
     assert not [t for t in stubs_run.tests() if t["outcome"] == "passed"], "a stub passed a test"
@@ -67,6 +74,7 @@ def test_untouched_stubs_fail_and_the_report_names_01_next(stubs_run):
     assert stubs_run.status("01") == "not started"
 
 
+@ON_STUBS_RUN
 def test_later_exercises_wait_for_their_prerequisites(stubs_run):
     for exercise in load_catalog():
         if exercise.requires:
@@ -75,6 +83,7 @@ def test_later_exercises_wait_for_their_prerequisites(stubs_run):
             assert reasons and reasons <= set(exercise.requires), reasons
 
 
+@ON_STUBS_RUN
 def test_progress_file_matches_the_report(stubs_run):
     lines = stubs_run.output.splitlines()
     for entry in stubs_run.progress["exercises"]:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lora_kata.impl import implementation
-from lora_kata.testing import distinct_dims, seeded_linear
+from lora_kata.testing import distinct_dims
 
 lora = implementation("lora")
 

@@ -33,7 +33,7 @@ def opt_6_7b():
 
 
 def attach_lora_parameters(model, targets=("q_proj", "v_proj"), r=16):
-    """What LoRA adds, without LoRA code: freeze all, then an A (r×in) and a B (out×r) per target."""
+    """What LoRA adds, without LoRA code: freeze all, then A (r×in) and B (out×r) per target."""
     for param in model.parameters():
         param.requires_grad_(False)
     for name, module in model.named_modules():
@@ -45,25 +45,25 @@ def attach_lora_parameters(model, targets=("q_proj", "v_proj"), r=16):
 
 
 def tutorial_format(trainable, total):
-    return f"trainable params: {trainable} || all params: {total} || trainable%: {100 * trainable / total}"
+    percent = 100 * trainable / total
+    return f"trainable params: {trainable} || all params: {total} || trainable%: {percent}"
 
 
 class Mixed(nn.Module):
-    """7·5 + 5 trainable, 5·3 + 3 frozen, and a 1000-value buffer that is not a parameter."""
+    """7·5 + 5 trainable values, 5·3 + 3 frozen."""
 
     def __init__(self):
         super().__init__()
         self.up = nn.Linear(7, 5)
         self.down = nn.Linear(5, 3)
         self.down.requires_grad_(False)
-        self.register_buffer("running", torch.zeros(1000))
 
 
 def test_count_parameters_returns_trainable_and_total_as_ints():
     trainable, total = counting.count_parameters(Mixed())
     assert (trainable, total) == (40, 58), (
         f"Linear(7→5) trainable (40 values) + Linear(5→3) frozen (18) should give (40, 58), got "
-        f"({trainable}, {total}): trainable means requires_grad, and the order is (trainable, total)"
+        f"({trainable}, {total}): trainable means requires_grad; return (trainable, total)"
     )
     assert type(trainable) is int and type(total) is int, (
         f"return Python ints, got {type(trainable).__name__} and {type(total).__name__}"
@@ -72,10 +72,12 @@ def test_count_parameters_returns_trainable_and_total_as_ints():
 
 def test_buffers_are_not_counted():
     model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6))  # BatchNorm has 13 buffer values
+    model.register_buffer("position_ids", torch.arange(1000))
     trainable, total = counting.count_parameters(model)
     assert total == 4 * 6 + 6 + 2 * 6, (
         f"total should be 42 (Linear 30 + BatchNorm weight and bias 12), got {total}: buffers "
-        "such as running_mean are not parameters (count model.parameters(), not the state_dict)"
+        "(running_mean, position_ids...) counted? They are not parameters: count "
+        "model.parameters(), not the state_dict"
     )
     assert trainable == total
 

@@ -149,7 +149,7 @@ def test_list_targets_match_whole_name_parts_not_substrings():
         )
     got = inject.find_target_modules(model, ["self_attn.q_proj"])
     assert got == [ATTN.format(0, "q_proj"), ATTN.format(1, "q_proj")], (
-        f"['self_attn.q_proj'] matches the end of a name after a '.': expected both q_proj, got {got}"
+        f"['self_attn.q_proj'] matches a name's end after a '.': expected both q_proj, got {got}"
     )
 
 
@@ -219,10 +219,13 @@ def test_everything_but_lora_is_frozen():
     model = inject.inject_lora(tiny_opt(), config())
     got = trainable_names(model)
     expected = lora_names(Q_AND_V)
+    assert not got - expected, (
+        f"non-targets left trainable after inject_lora: {sorted(got - expected)[:3]}...; "
+        "freeze every parameter of the model, then wrap"
+    )
     assert got == expected, (
-        f"after inject_lora only lora_A/lora_B should train: non-targets left trainable "
-        f"({sorted(got - expected)[:3]}...) or LoRA frozen ({sorted(expected - got)[:3]})? "
-        "Freeze every parameter first, then wrap"
+        f"LoRA frozen: {sorted(expected - got)[:2]}... should train. Freeze everything first, "
+        "then wrap (new lora_A/lora_B are created trainable)"
     )
 
 
@@ -339,8 +342,9 @@ def test_gradients_reach_only_the_lora_matrices():
     x = tokens()
     model(x, labels=x).loss.backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    extra = sorted(with_grad - lora_names(Q_AND_V))
     assert with_grad == lora_names(Q_AND_V), (
-        f"only lora_A/lora_B should receive gradients, got {sorted(with_grad - lora_names(Q_AND_V))}"
+        f"only lora_A/lora_B should receive gradients, also got {extra}"
     )
 
 
@@ -375,7 +379,9 @@ def test_lora_state_dict_has_the_keys_peft_saves(bias):
     from lora_kata.testing_models import peft_model, peft_to_kata_name
 
     ours = inject.inject_lora(tiny_opt(), config(bias=bias))
-    theirs = peft_model(tiny_opt(), r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], bias=bias)
+    theirs = peft_model(
+        tiny_opt(), r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], bias=bias
+    )
     expected = {peft_to_kata_name(k) for k in get_peft_model_state_dict(theirs)}
     got = set(inject.lora_state_dict(ours))
     assert got == expected, (
@@ -407,9 +413,11 @@ def check_same_as_peft(ours, theirs, targets):
         f"peft {peft_targeted_names(theirs)}"
     )
     peft_trainable = {peft_to_kata_name(n) for n, p in theirs.named_parameters() if p.requires_grad}
-    assert trainable_names(ours) == peft_trainable, (
-        f"trainable parameters differ from peft's: only ours {sorted(trainable_names(ours) - peft_trainable)}"
-        f", only peft's {sorted(peft_trainable - trainable_names(ours))}"
+    ours_trainable = trainable_names(ours)
+    only_ours, only_peft = ours_trainable - peft_trainable, peft_trainable - ours_trainable
+    assert ours_trainable == peft_trainable, (
+        f"trainable parameters differ from peft's: only ours {sorted(only_ours)}, "
+        f"only peft's {sorted(only_peft)}"
     )
     trainable, total = counting.count_parameters(ours)
     assert (trainable, total) == theirs.get_nb_trainable_parameters()
@@ -451,6 +459,12 @@ def test_wraps_the_linear8bitlt_layers_of_a_model_loaded_in_8bit(tiny_opt_dir):
         assert layer.base.weight.dtype == torch.int8, "the 8-bit weight must stay int8"
         assert layer.lora_A.dtype == torch.float32 and layer.lora_B.dtype == torch.float32
     assert trainable_names(model) == lora_names(Q_AND_V)
+    x = tokens()
+    model(x, labels=x).loss.backward()  # the int8 base path and the fp32 update both run
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == lora_names(Q_AND_V), (
+        f"in 8-bit too, only lora_A/lora_B should receive gradients, got {sorted(with_grad)[:4]}"
+    )
 
 
 @pytest.mark.parametrize("bias", ["none", "lora_only"])
@@ -461,7 +475,10 @@ def test_matches_peft_on_a_tiny_opt_loaded_in_8bit(tiny_opt_dir, bias):
     # same fp32 LoRA path: the outputs agree to fp32 rounding, as in fp32 (ATOL above).
     ours = inject.inject_lora(load_tiny_opt_8bit(tiny_opt_dir), config(bias=bias)).eval()
     theirs = peft_model(
-        load_tiny_opt_8bit(tiny_opt_dir), r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+        load_tiny_opt_8bit(tiny_opt_dir),
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj"],
         bias=bias,
     ).eval()
     check_same_as_peft(ours, theirs, Q_AND_V)

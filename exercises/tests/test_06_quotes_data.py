@@ -26,6 +26,16 @@ GOOD_ROWS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def private_datasets_cache(request, tmp_path_factory, monkeypatch):
+    """Files a test writes are loaded with a cache of their own, not ~/.cache/huggingface."""
+    if "tmp_path" in request.fixturenames:
+        import datasets.config
+
+        cache = tmp_path_factory.mktemp("datasets-cache")
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+
+
 def write_lines(tmp_path, lines, name="quotes.jsonl"):
     path = tmp_path / name
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -88,9 +98,7 @@ def test_load_quotes_reads_every_row_of_the_shipped_file_with_quote_author_tags(
         )
 
 
-def test_load_quotes_finds_the_default_file_from_another_working_directory(
-    tmp_path, monkeypatch
-):
+def test_load_quotes_finds_the_default_file_from_another_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a learner may run a script from anywhere
     try:
         dataset = data.load_quotes()

@@ -198,7 +198,10 @@ def test_accumulated_gradients_equal_one_big_batch():
     (last_only(**micro_batches[-1]).loss / 4).backward()
 
     train.train_step(model, micro_batches, optimizer)
-    assert optimizer.grads, "train_step never called optimizer.step()"
+    assert optimizer.steps == 1, (
+        f"train_step called optimizer.step() {optimizer.steps} times for 4 micro-batches: "
+        "exactly once, after all of them (not once per micro-batch)"
+    )
     got = optimizer.grads[0]
     expected = {n: p.grad for n, p in reference.named_parameters() if p.requires_grad}
     last = {n: p.grad for n, p in last_only.named_parameters() if p.requires_grad}
@@ -260,7 +263,7 @@ def test_steps_the_scheduler_once_per_train_step():
     model, optimizer = fresh_setup()
     base_lr = optimizer.param_groups[0]["lr"] = 0.1
     scheduler = LambdaLR(optimizer, lambda step: 0.5**step)
-    micro_batches = [token_batch(2, 8, seed=s) for s in range(4)]
+    micro_batches = [token_batch(2, 8, seed=s) for s in range(2)]
     for done in range(1, 4):
         train.train_step(model, micro_batches, optimizer, scheduler=scheduler)
         steps = scheduler.last_epoch
@@ -268,7 +271,7 @@ def test_steps_the_scheduler_once_per_train_step():
             f"after {done} train_step(s) the scheduler was stepped {steps} times: call "
             "scheduler.step() once per train_step, after optimizer.step()"
             + (" (never called)" if steps == 0 else "")
-            + (" (not once per micro-batch)" if steps == 4 * done else "")
+            + (" (not once per micro-batch)" if steps > done else "")
         )
         lr = optimizer.param_groups[0]["lr"]
         assert lr == pytest.approx(base_lr * 0.5**done), (
@@ -328,9 +331,12 @@ def test_autocast_dtype_applies_to_the_forward_pass(dtype):
 
 @pytest.fixture(scope="module")
 def tiny_opt_dir(tmp_path_factory):
-    from lora_kata.tiny import save_tiny_opt
+    """A tiny OPT saved in fp16, as opt-6.7b's checkpoint is. init_std=0.2 instead of OPT's
+    0.02: with 0.02 the logits span only about ±0.1, and LoRA on q and v alone moves the loss
+    by < 0.1 in 8 steps; with 0.2 the loss has room to fall (numbers in test_loss_falls)."""
+    from lora_kata.testing_int8 import save_tiny_opt_fp16
 
-    return save_tiny_opt(tmp_path_factory.mktemp("tiny-opt"), seed=0, with_tokenizer=False)
+    return save_tiny_opt_fp16(tmp_path_factory.mktemp("tiny-opt"), seed=0, init_std=0.2)
 
 
 def int8_lora_model(directory, r=8, lora_alpha=16):
@@ -360,9 +366,9 @@ def test_only_lora_weights_change_and_int8_weights_stay_bit_identical(tiny_opt_d
     optimizer = torch.optim.AdamW(trainable, lr=1e-2)
     micro_batches = quote_micro_batches(n_micro=2, rows=2)
     before = frozen_snapshot(model)
-    lora_before = {
-        n: p.detach().clone() for n, p in model.named_parameters() if n in lora_names(model)
-    }
+    assert any(t.dtype == torch.int8 for t in before.values()), "setup: no int8 weight found"
+    names = set(lora_names(model))
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
     for _ in range(3):
         train.train_step(model, micro_batches, optimizer)
     changed = changed_entries(before, frozen_snapshot(model))
@@ -379,19 +385,22 @@ def test_only_lora_weights_change_and_int8_weights_stay_bit_identical(tiny_opt_d
     )
 
 
+# Measured with the reference (AdamW, lr 3e-2, 16 quotes in 4 micro-batches, r=8, α=16 on q_proj
+# and v_proj): 6.809, 6.653, 6.488, 6.351, 6.232, 6.121, 6.021, 5.913 — a drop of 0.69 after 6
+# steps. Requiring 0.3 leaves room for other CPUs' rounding; a loop that never steps drops 0.
+STEPS = 6
+MIN_DROP = 0.3
+
+
 def test_loss_falls_on_fixed_data(tiny_opt_dir):
     """Overfitting 16 quotes is the smallest proof that the loop learns."""
     torch.manual_seed(0)
     model = int8_lora_model(tiny_opt_dir)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=2e-2)
+    optimizer = torch.optim.AdamW(trainable, lr=3e-2)
     micro_batches = quote_micro_batches()
     losses = [train.train_step(model, micro_batches, optimizer) for _ in range(STEPS)]
     assert losses[-1] < losses[0] - MIN_DROP, (
         f"the loss did not fall on fixed data in {STEPS} steps: {[round(x, 3) for x in losses]} "
         "(is the optimizer stepped, are the gradients kept until it steps?)"
     )
-
-
-STEPS = 8
-MIN_DROP = 0.5

@@ -104,6 +104,17 @@ def test_config_holds_the_settings_peft_needs(tmp_path):
         assert not saved.get(flag), f"{flag} must be false (our layer does plain LoRA, α/r)"
 
 
+def test_base_model_name_defaults_to_where_the_model_came_from(tmp_path):
+    model, config = tiny_lora_opt()
+    model.config._name_or_path = "facebook/opt-6.7b"  # what from_pretrained records
+    adapter.save_adapter(model, tmp_path, config)
+    saved = read_config(tmp_path).get("base_model_name_or_path")
+    assert saved == "facebook/opt-6.7b", (
+        "without base_model_name_or_path, save_adapter should record the model's own "
+        f"model.config._name_or_path ('facebook/opt-6.7b', as peft does), got {saved!r}"
+    )
+
+
 def test_weights_are_saved_under_peft_keys(tmp_path):
     model, config = tiny_lora_opt()
     adapter.save_adapter(model, tmp_path, config)
@@ -347,12 +358,17 @@ def test_a_failed_save_leaves_the_previous_adapter_intact(tmp_path, monkeypatch)
             handle.write(b"half a file")  # a crash or a full disk, halfway through
         raise OSError("simulated: disk full")
 
+    def fail_to_serialise(*args, **kwargs):
+        raise OSError("simulated: out of memory")
+
     import safetensors.torch
 
-    monkeypatch.setattr(safetensors.torch, "save_file", fail_midway)
     module = load("adapter")  # also where `from safetensors.torch import save_file` lands
-    if hasattr(module, "save_file"):
-        monkeypatch.setattr(module, "save_file", fail_midway)
+    for name, failure in [("save_file", fail_midway), ("save", fail_to_serialise)]:
+        original = getattr(safetensors.torch, name)
+        monkeypatch.setattr(safetensors.torch, name, failure)
+        if getattr(module, name, None) is original:
+            monkeypatch.setattr(module, name, failure)
     with pytest.raises(OSError, match="simulated"):
         adapter.save_adapter(second, tmp_path, config, base_model_name_or_path="second")
     now = {name: (tmp_path / name).read_bytes() for name in (CONFIG, WEIGHTS)}

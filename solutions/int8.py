@@ -1,0 +1,61 @@
+"""8-bit loading and preparation for training (exercise 07).
+
+LLM.int8() (Dettmers et al. 2022, arXiv:2208.07339) stores every nn.Linear weight of the
+decoder as int8 with one absmax scale per row, and multiplies the few outlier features in fp16.
+A model loaded that way needs care before anything can be trained through it; the tutorial did
+it by hand (freeze, cast layer norms to fp32, checkpointing, input grads, CastOutputToFloat),
+peft does most of it in prepare_model_for_kbit_training.
+Lesson: lessons/en/07-int8-preparation.md.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def load_in_8bit(name_or_path: str, *, device_map=None) -> nn.Module:
+    """A causal LM with every decoder nn.Linear quantized to int8 (bitsandbytes Linear8bitLt)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    # The tutorial's from_pretrained(..., load_in_8bit=True) is gone: today the quantization
+    # settings travel in a BitsAndBytesConfig.
+    return AutoModelForCausalLM.from_pretrained(
+        name_or_path,
+        quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+        device_map=device_map,
+    )
+
+
+def _make_output_require_grad(module, args, output):
+    output.requires_grad_(True)
+
+
+def _cast_output_to_fp32(module, args, output):
+    return output.float()
+
+
+def prepare_for_int8_training(
+    model: nn.Module, use_gradient_checkpointing: bool = True
+) -> nn.Module:
+    """Freeze, upcast 16-bit non-int8 parameters, hook the embeddings, checkpoint, fp32 logits."""
+    for param in model.parameters():
+        # Frozen: only the LoRA weights, injected afterwards, will train.
+        param.requires_grad_(False)
+    for param in model.parameters():
+        # Layer norms, biases and embeddings are fragile in 16-bit under training; int8
+        # weights are not floating point and must stay int8 (×4 memory, and Linear8bitLt
+        # could no longer use them).
+        if param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.to(torch.float32)
+    # With every weight frozen, the hidden states entering the first block need no grad; a
+    # reentrant checkpoint would then drop the LoRA gradients. This hook makes them need one.
+    model.get_input_embeddings().register_forward_hook(_make_output_require_grad)
+    if use_gradient_checkpointing:
+        # Keep each block's input only and recompute the rest in backward; use_reentrant=False
+        # is the variant PyTorch recommends (works with frozen inputs and torch.autograd.grad).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # The tutorial's CastOutputToFloat, as a hook so that module names do not change: logits
+    # feed a softmax over the whole vocabulary, which fp16 does not hold well.
+    model.get_output_embeddings().register_forward_hook(_cast_output_to_fp32)
+    return model
