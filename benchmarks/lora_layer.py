@@ -12,8 +12,9 @@ Two comparisons per shape (tokens × in → out, rank r), run side by side in on
 - inference: forward of a merged LoRALinear vs a plain nn.Linear holding the same merged weight
   (torch.inference_mode) — "no extra inference latency" once merged.
 
-The two sides of each comparison are timed in alternation (ABBA), and each ratio is the median
-of A's times over the median of B's. Goals: reference/peft ≤ 1.05, merged/plain ≤ 1.02.
+The sides of each comparison are timed in alternation (ABBA). Each ratio is A's best time over
+B's best (the run least disturbed by anything else on the machine; the JSON also has the ratio
+of the medians). Goals: reference/peft ≤ 1.05, merged/plain ≤ 1.02.
 Output: a table, then one JSON line (prefix-free, the last line) with every number.
 """
 
@@ -125,8 +126,8 @@ def train_step(layer, x, grad):
 
 
 def time_steps(steps, device, repeats, warmup):
-    """Median seconds of each step, run in alternation (the order reversed every round, so
-    that drift in the machine's speed falls on every side alike)."""
+    """(best, median) seconds of each step, run in alternation (the order reversed every round,
+    so that drift in the machine's speed falls on every side alike)."""
     for _ in range(warmup):
         for step in steps:
             step()
@@ -140,7 +141,7 @@ def time_steps(steps, device, repeats, warmup):
             steps[which]()
             synchronize(device)
             times[which].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return [(min(t), statistics.median(t)) for t in times]
 
 
 def repeats_for(seconds_per_step, budget_s, minimum, maximum):
@@ -160,7 +161,7 @@ def bench_shape(lora, shape, dtype, device, *, dropout, budget_s, quick):
     synchronize(device)
     per_step = time.perf_counter() - start
     n = repeats_for(2 * per_step, budget_s, 4 if quick else 10, 200)
-    ref_s, peft_s = time_steps(
+    (ref_s, ref_med), (peft_s, peft_med) = time_steps(
         [lambda: train_step(ours, x, grad), lambda: train_step(theirs, x, grad)],
         device,
         n,
@@ -181,7 +182,7 @@ def bench_shape(lora, shape, dtype, device, *, dropout, budget_s, quick):
         if not torch.equal(ours(x), plain(x)):
             raise SystemExit("a merged LoRALinear should compute exactly base(x)")
         m = repeats_for(per_step / 3, budget_s, 6 if quick else 20, 400)
-        merged_s, plain_s, peft_merged_s = time_steps(
+        (merged_s, merged_med), (plain_s, plain_med), (peft_merged_s, _) = time_steps(
             [lambda: ours(x), lambda: plain(x), lambda: theirs(x)], device, m, warmup=3
         )
     return {
@@ -196,9 +197,11 @@ def bench_shape(lora, shape, dtype, device, *, dropout, budget_s, quick):
         "ref_ms": round(ref_s * 1e3, 4),
         "peft_ms": round(peft_s * 1e3, 4),
         "ref_over_peft": round(ref_s / peft_s, 4),
+        "ref_over_peft_median": round(ref_med / peft_med, 4),
         "merged_ms": round(merged_s * 1e3, 4),
         "plain_ms": round(plain_s * 1e3, 4),
         "merged_over_plain": round(merged_s / plain_s, 4),
+        "merged_over_plain_median": round(merged_med / plain_med, 4),
         "peft_merged_ms": round(peft_merged_s * 1e3, 4),
         "peft_merged_over_plain": round(peft_merged_s / plain_s, 4),
     }
@@ -294,7 +297,10 @@ def main(argv=None) -> int:
         "goals": {"ref_over_peft": GOAL_REF_PEFT, "merged_over_plain": GOAL_MERGED_PLAIN},
         "max_ref_over_peft": worst_ref,
         "max_merged_over_plain": worst_merged,
-        "goals_met": worst_ref <= GOAL_REF_PEFT and worst_merged <= GOAL_MERGED_PLAIN,
+        # --quick shapes are tiny: per-call Python overhead, not the layer, decides the ratios.
+        "goals_met": None
+        if args.quick
+        else (worst_ref <= GOAL_REF_PEFT and worst_merged <= GOAL_MERGED_PLAIN),
         "results": rows,
     }
     print_table(rows)

@@ -152,4 +152,4 @@ def generate(model, tokenizer, prompt=PROMPT, max_new_tokens=50) -> str:
 if __name__ == "__main__":
     from lora_kata.cli_finetune import main
 
-    main(__package__)
+    raise SystemExit(main(__package__))

@@ -428,6 +428,7 @@ def test_collate_without_a_pad_id_is_a_value_error():
         data.collate_for_causal_lm(features_of([[2, 5]]), pad_token_id=None)
 
 
+# The file's slowest test (2-5 s): importing OPT's modelling code dominates.
 def test_the_models_loss_on_a_collated_batch_is_the_next_token_loss_over_real_tokens():
     # Shows why labels are not shifted: OPT's loss compares logits[t] with labels[t + 1].
     sequences = [[2, 11, 12, 13, 14, 15], [2, 21, 22]]
