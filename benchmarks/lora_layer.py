@@ -245,6 +245,13 @@ def main(argv=None) -> int:
         default=None,
         help="seconds of timing per comparison and shape (default 3, quick 0.3)",
     )
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=None,
+        metavar="TxIxOxR",
+        help="shapes to run instead of the defaults, e.g. 256x4096x4096x16 (tokens, in, out, r)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     args = parser.parse_args(argv)
     if args.threads:
@@ -252,15 +259,22 @@ def main(argv=None) -> int:
     budget = args.budget if args.budget is not None else (0.3 if args.quick else 3.0)
     lora = load_lora(args.impl)
 
+    chosen = [tuple(int(n) for n in text.lower().split("x")) for text in args.shapes or []]
+    if any(len(shape) != 4 for shape in chosen):
+        parser.error("--shapes takes TOKENSxINxOUTxR, e.g. 256x4096x4096x16")
     runs = []  # (device, dtype, shapes)
     if args.device in ("auto", "cpu"):
         runs.append(
-            (torch.device("cpu"), torch.float32, QUICK_SHAPES if args.quick else CPU_SHAPES)
+            (
+                torch.device("cpu"),
+                torch.float32,
+                chosen or (QUICK_SHAPES if args.quick else CPU_SHAPES),
+            )
         )
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     if args.device in ("auto", "cuda") and torch.cuda.is_available():
-        shapes = QUICK_SHAPES if args.quick else CUDA_SHAPES
+        shapes = chosen or (QUICK_SHAPES if args.quick else CUDA_SHAPES)
         for dtype in (torch.float16, torch.bfloat16):
             runs.append((torch.device("cuda"), dtype, shapes))
 

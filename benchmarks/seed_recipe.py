@@ -132,6 +132,10 @@ def run_path(args) -> dict:
 
     train = load("train", args.impl)
     cuda = torch.cuda.is_available()
+    if args.tiny and not cuda:
+        # 128-wide matmuls gain nothing from threads, and OpenMP's spinning threads on a busy
+        # CPU made timings swing 50× (measured on 2 cores): one thread, for both paths alike.
+        torch.set_num_threads(1)
     torch.manual_seed(0)
     model, loaded = load_path(args.worker, args.model_dir, args.impl)
     device = model.get_input_embeddings().weight.device
@@ -214,7 +218,9 @@ def run_path(args) -> dict:
 
 
 def fmt_gib(value) -> str:
-    return "n/a" if value is None else f"{value / GiB:.2f} GiB"
+    if value is None:
+        return "n/a"
+    return f"{value / GiB:.2f} GiB" if value >= GiB / 10 else f"{value / 2**20:.1f} MiB"
 
 
 def table(results: dict, settings: dict) -> str:

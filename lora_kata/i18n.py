@@ -12,6 +12,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     "broken": {"en": "broken", "zh": "无法导入"},
     "waiting": {"en": "waiting for {req}", "zh": "等待 {req} 完成"},
     "waiting plain": {"en": "waiting", "zh": "等待中"},
+    "skipped": {"en": "skipped here", "zh": "本机跳过"},
     "not run": {"en": "not run", "zh": "本次未运行"},
     "last run": {"en": "last run: {status}", "zh": "上次：{status}"},
     "tests": {"en": "tests", "zh": "个测试"},

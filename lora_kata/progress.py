@@ -73,6 +73,7 @@ class ExerciseResult:
     broken_at: str | None = None
     broken_message: str | None = None
     last_status: str | None = None  # for exercises not run this time
+    skipped_here: list[str] = field(default_factory=list)  # reasons (no GPU, ...)
 
 
 def default_path() -> Path:
@@ -108,6 +109,7 @@ def exercise_status(exercise: Exercise, records: list[TestRecord]) -> ExerciseRe
         return result
     failed = [r for r in records if r.outcome == FAILED]
     waiting = [r for r in records if r.why == WAITING]
+    result.skipped_here = sorted({r.message for r in records if r.why == ENV_SKIP})
     broken = [r for r in failed if r.why == BROKEN]
     if broken:
         result.status = BROKEN_STATUS

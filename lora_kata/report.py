@@ -151,6 +151,8 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
         text += f"{_pad(words, 22)} {count}"
         colour = COLOURS.get(status)
         out.append((text.rstrip(), {colour: True} if colour else {}))
+        for reason in e.get("skipped_here") or []:
+            out.append((f"       {t('skipped', lang)}: {reason}", {}))
     passed, total = data["passed"], data["total"]
     done = sum(effective_status_of(e) == DONE for e in exercises)
     filled = round(BAR_WIDTH * passed / total) if total else 0
