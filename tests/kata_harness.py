@@ -60,6 +60,8 @@ def run_kata(
         HF_HUB_OFFLINE="1",
         HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "ci"),
         PYTHONDONTWRITEBYTECODE="1",
+        # Tiny models: one thread each is fastest, and xdist workers don't oversubscribe.
+        OMP_NUM_THREADS="1",
         COLUMNS="120",
     )
     env.update(extra_env or {})
