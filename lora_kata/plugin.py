@@ -191,7 +191,11 @@ def _classify(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestRepor
     notes = getattr(error, "__notes__", None) or []
     examples = [n for n in notes if "Falsifying example" in n or "example" in n.lower()]
     if examples:
-        info["example"] = " ".join(examples[0].split())[:300]
+        text = " ".join(examples[0].split())
+        call_args = re.search(r"Falsifying example: \w+\((.*)\)", text)
+        if call_args:  # "test_x( dims=(2, 3, 1), alpha=2.0, )" -> "dims=(2, 3, 1), alpha=2.0"
+            text = call_args.group(1).strip().rstrip(",").strip()
+        info["example"] = text[:300]
     if isinstance(error, impl.KataModuleBroken):
         info["why"] = BROKEN
         info["where"] = f"{error.file}:{error.line}" if error.line else error.file
