@@ -264,7 +264,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     state = _state(config)
     if not state.summary or not state.records:
         return
-    render_report(terminalreporter, state.summary, list(state.records.values()), state.lang)
+    render_report(terminalreporter, state.summary, state.lang)
 
 
 __all__ = [

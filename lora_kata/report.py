@@ -116,7 +116,7 @@ def _enclosing_definition(where: str) -> tuple[str, str] | None:
 Writer = Callable[..., None]
 
 
-def render_report(terminal, data: dict, records: object, lang: str) -> None:
+def render_report(terminal, data: dict, lang: str) -> None:
     """Print the report with pytest's terminal writer (colours where the terminal has them)."""
     terminal.write_sep("─", t("title", lang), bold=True)
     for line, markup in report_lines(data, lang):
