@@ -124,12 +124,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _status_so_far(state: KataState, exercise_id: str) -> str | None:
-    """done / not done for an exercise whose tests ran earlier in this session, else None."""
+    """The status of an exercise whose tests ran earlier in this session, else None."""
     mine = [r for r in state.records.values() if r.exercise == exercise_id]
-    if not mine:
-        return None
-    failed = any(r.outcome == FAILED or r.why == WAITING for r in mine)
-    return "not done" if failed or not any(r.outcome == PASSED for r in mine) else DONE
+    return progress.exercise_status(by_id(exercise_id), mine).status if mine else None
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -252,10 +249,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state.summary = progress.as_json(
         state.impl, state.lang, results, records, step, time.monotonic() - state.started
     )
-    state.summary["_results"] = results  # for the report; dropped before writing
-    data = {k: v for k, v in state.summary.items() if not k.startswith("_")}
     if records:
-        progress.write(data, state.progress_path)
+        progress.write(state.summary, state.progress_path)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -140,8 +140,9 @@ def summarise(records: list[TestRecord], previous: dict[str, str]) -> list[Exerc
     return results
 
 
-def effective_status(result: ExerciseResult) -> str | None:
-    return result.last_status if result.status == NOT_RUN else result.status
+def effective_status(status: str, last_status: str | None) -> str | None:
+    """This run's status, or the last run's for an exercise that did not run this time."""
+    return last_status if status == NOT_RUN else status
 
 
 def next_exercise(results: list[ExerciseResult]) -> ExerciseResult | None:
@@ -150,7 +151,7 @@ def next_exercise(results: list[ExerciseResult]) -> ExerciseResult | None:
         if result.status not in (NOT_RUN, DONE):
             return result
     for result in results:
-        if effective_status(result) != DONE:
+        if effective_status(result.status, result.last_status) != DONE:
             return result
     return None
 

@@ -6,7 +6,6 @@ It is drawn from the same dict that is written to the progress file, so both alw
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable
 
 from lora_kata import REPO_ROOT
 from lora_kata.catalog import by_id
@@ -57,7 +56,7 @@ def next_step(results: list[ExerciseResult], records: list[TestRecord], lang: st
     step: dict = {
         "id": exercise.id,
         "title": exercise.title_in(lang),
-        "status": effective_status(target),
+        "status": effective_status(target.status, target.last_status),
         "file": f"exercises/{module}.py",
         "function": function,
         "lesson": _relative_lesson(exercise.id, lang),
@@ -113,9 +112,6 @@ def _enclosing_definition(where: str) -> tuple[str, str] | None:
     return f"exercises/{path.rsplit('/', 1)[-1]}", name
 
 
-Writer = Callable[..., None]
-
-
 def render_report(terminal, data: dict, lang: str) -> None:
     """Print the report with pytest's terminal writer (colours where the terminal has them)."""
     terminal.write_sep("─", t("title", lang), bold=True)
@@ -154,7 +150,7 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
         for reason in e.get("skipped_here") or []:
             out.append((f"       {t('skipped', lang)}: {reason}", {}))
     passed, total = data["passed"], data["total"]
-    done = sum(effective_status_of(e) == DONE for e in exercises)
+    done = sum(effective_status(e["status"], e.get("last_status")) == DONE for e in exercises)
     filled = round(BAR_WIDTH * passed / total) if total else 0
     bar = "█" * filled + "░" * (BAR_WIDTH - filled)
     out.append(("", {}))
@@ -211,7 +207,3 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
         )
     )
     return out
-
-
-def effective_status_of(entry: dict) -> str | None:
-    return entry.get("last_status") if entry["status"] == NOT_RUN else entry["status"]

@@ -2,8 +2,7 @@
 
 - `opt_6_7b_on_meta()`: facebook/opt-6.7b's architecture on the meta device, built once per
   process (about 3 s) and handed out as a deep copy (milliseconds: meta tensors hold no data).
-- `load_tiny_opt_8bit(directory)`: the tiny OPT of lora_kata.tiny, loaded in 8-bit by
-  transformers + bitsandbytes (works on CPU), the way the tutorial loads opt-6.7b.
+- 8-bit loading lives in lora_kata.testing_int8 (`load_tiny_opt_in_8bit`).
 - Name mapping between the kata's LoRALinear (`q_proj.base`, `q_proj.lora_A`) and peft's LoRA
   layers (`base_model.model.` prefix, `q_proj.base_layer`, `q_proj.lora_A.default.weight`).
 
@@ -15,7 +14,6 @@ from __future__ import annotations
 import copy
 import re
 from functools import cache
-from pathlib import Path
 
 PEFT_PREFIX = "base_model.model."
 
@@ -30,20 +28,6 @@ def _opt_6_7b_meta():
 def opt_6_7b_on_meta():
     """A fresh (deep-copied) opt-6.7b on the meta device: real shapes, no memory, tied head."""
     return copy.deepcopy(_opt_6_7b_meta())
-
-
-def load_tiny_opt_8bit(directory: str | Path):
-    """from_pretrained(directory) with BitsAndBytesConfig(load_in_8bit=True), in eval mode."""
-    import warnings
-
-    from transformers import BitsAndBytesConfig, OPTForCausalLM
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = OPTForCausalLM.from_pretrained(
-            directory, quantization_config=BitsAndBytesConfig(load_in_8bit=True)
-        )
-    return model.eval()
 
 
 def peft_model(model, *, r, lora_alpha, target_modules, bias="none", lora_dropout=0.0):
@@ -99,7 +83,8 @@ def copy_lora_into_peft(ours, theirs) -> int:
 
 
 def randomise_lora(model, seed: int = 0, scale: float = 0.2) -> None:
-    """Give every lora_A / lora_B seeded random values, so that ΔW is not zero."""
+    """Give every lora_A / lora_B seeded random values, B included, so that ΔW is not zero (a
+    check of "the right B was loaded" needs B ≠ 0)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)

@@ -9,21 +9,12 @@ from __future__ import annotations
 import torch
 
 from lora_kata.impl import implementation
+from lora_kata.testing_models import randomise_lora
 
 inject = implementation("inject")
 
 VOCAB = 512  # lora_kata.tiny's default vocabulary
 FIRST_ORDINARY_TOKEN = 4  # 0..3 are <s>, <pad>, </s>, <unk>
-
-
-def randomise_lora(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> None:
-    """Seeded random values in every lora_A and lora_B, B included (B = 0 at init would make
-    every adapter look the same: a check of "the right B was loaded" needs B ≠ 0)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in sorted(model.named_parameters()):
-            if name.endswith(("lora_A", "lora_B")):
-                param.copy_(torch.randn(param.shape, generator=generator) * scale)
 
 
 def lora_names(model: torch.nn.Module) -> list[str]:
@@ -47,7 +38,7 @@ def tiny_lora_opt(
     config = inject.LoRAConfig(r=r, lora_alpha=lora_alpha, target_modules=target)
     inject.inject_lora(model, config)
     if randomise:
-        randomise_lora(model, seed + 100)
+        randomise_lora(model, seed + 100, scale=0.1)
     return model, config
 
 

@@ -19,6 +19,14 @@ REPO = Path(__file__).resolve().parent.parent
 MUTANTS_DIR = Path(__file__).resolve().parent / "mutants"
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a child run: without pytest's and the kata's own
+    variables (the child must not inherit this run's choices), offline, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LORA_KATA_"))}
+    env.update(HF_HUB_OFFLINE="1", **extra)
+    return env
+
+
 @dataclass
 class KataRun:
     returncode: int
@@ -53,11 +61,9 @@ def run_kata(
         / f"quality-{os.getpid()}-{abs(hash((str(impl), pytest_args)))}.json"
     )
     progress_path.unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LORA_KATA_"))}
-    env.update(
+    env = clean_env(
         LORA_KATA_IMPL=str(impl),
         LORA_KATA_LANG=lang,
-        HF_HUB_OFFLINE="1",
         HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "ci"),
         PYTHONDONTWRITEBYTECODE="1",
         # Tiny models: one thread each is fastest, and xdist workers don't oversubscribe.

@@ -1,18 +1,16 @@
 """The learner's small commands: hint, lesson, report, reset, watch."""
 
-import os
 import subprocess
 import sys
 import time
 
 from lora_kata.catalog import by_id
 from lora_kata.cli import main
-from tests.kata_harness import REPO, copy_kata
+from tests.kata_harness import REPO, clean_env, copy_kata
 
 
 def run_cli(cwd, *args, timeout=120):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LORA_KATA_"))}
-    env.update(HF_HUB_OFFLINE="1", LORA_KATA_LANG="en", HYPOTHESIS_PROFILE="ci")
+    env = clean_env(LORA_KATA_LANG="en", HYPOTHESIS_PROFILE="ci")
     return subprocess.run(
         [sys.executable, "-m", "lora_kata", *args],
         cwd=cwd,
@@ -65,8 +63,7 @@ def test_reset_restores_one_exercises_stubs_and_keeps_the_rest(tmp_path):
 
 def test_watch_reruns_the_current_exercise_when_a_file_changes(tmp_path):
     copy_kata(tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LORA_KATA_"))}
-    env.update(HF_HUB_OFFLINE="1", LORA_KATA_LANG="en", PYTHONUNBUFFERED="1")
+    env = clean_env(LORA_KATA_LANG="en", PYTHONUNBUFFERED="1")
     watcher = subprocess.Popen(
         [
             sys.executable,

@@ -1,18 +1,11 @@
 """The capstone's command line (lora_kata/cli_finetune.py): model choice, flags, a real run."""
 
 import json
-import os
 import subprocess
 import sys
 
 from lora_kata.cli_finetune import choose_model, device_map_from
-from tests.kata_harness import REPO
-
-
-def offline_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LORA_KATA_"))}
-    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **extra)
-    return env
+from tests.kata_harness import REPO, clean_env
 
 
 def test_an_explicit_model_is_used_as_given(tmp_path):
@@ -44,7 +37,7 @@ def test_a_cached_opt_125m_is_found_offline_and_preferred(tmp_path):
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-        env=offline_env(HF_HUB_CACHE=str(tmp_path)), timeout=120,
+        env=clean_env(OMP_NUM_THREADS="1", HF_HUB_CACHE=str(tmp_path)), timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(snapshot), "facebook/opt-125m", "False"], done.stdout
@@ -57,7 +50,7 @@ def test_the_reference_cli_runs_offline_and_writes_adapter_plot_and_generation(t
         [sys.executable, "-m", "solutions.finetune", "--max-steps", "3", "--out", str(out),
          "--no-progress"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
-        env=offline_env(HF_HUB_CACHE=str(tmp_path / "empty-cache")),
+        env=clean_env(OMP_NUM_THREADS="1", HF_HUB_CACHE=str(tmp_path / "empty-cache")),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     said = done.stdout

@@ -457,9 +457,9 @@ def test_matches_peft_on_a_tiny_opt(bias):
 
 
 def test_wraps_the_linear8bitlt_layers_of_a_model_loaded_in_8bit(tiny_opt_dir):
-    from lora_kata.testing_models import load_tiny_opt_8bit
+    from lora_kata.testing_int8 import load_tiny_opt_in_8bit
 
-    model = load_tiny_opt_8bit(tiny_opt_dir)
+    model = load_tiny_opt_in_8bit(tiny_opt_dir).eval()
     originals = {name: model.get_submodule(name) for name in Q_AND_V}
     inject.inject_lora(model, config())
     for name, original in originals.items():
@@ -480,13 +480,14 @@ def test_wraps_the_linear8bitlt_layers_of_a_model_loaded_in_8bit(tiny_opt_dir):
 
 @pytest.mark.parametrize("bias", ["none", "lora_only"])
 def test_matches_peft_on_a_tiny_opt_loaded_in_8bit(tiny_opt_dir, bias):
-    from lora_kata.testing_models import load_tiny_opt_8bit, peft_model
+    from lora_kata.testing_int8 import load_tiny_opt_in_8bit
+    from lora_kata.testing_models import peft_model
 
     # Same int8 weights, same Linear8bitLt code on the base path (eval mode: MatMul8bitLt),
     # same fp32 LoRA path: the outputs agree to fp32 rounding, as in fp32 (ATOL above).
-    ours = inject.inject_lora(load_tiny_opt_8bit(tiny_opt_dir), config(bias=bias)).eval()
+    ours = inject.inject_lora(load_tiny_opt_in_8bit(tiny_opt_dir).eval(), config(bias=bias)).eval()
     theirs = peft_model(
-        load_tiny_opt_8bit(tiny_opt_dir),
+        load_tiny_opt_in_8bit(tiny_opt_dir).eval(),
         r=4,
         lora_alpha=8,
         target_modules=["q_proj", "v_proj"],

@@ -280,10 +280,10 @@ def test_merge_lora_on_a_model_without_lora_raises_or_changes_nothing():
 
 
 def test_merge_lora_on_a_model_loaded_in_8bit_is_refused(tmp_path):
-    from lora_kata.testing_models import load_tiny_opt_8bit
+    from lora_kata.testing_int8 import load_tiny_opt_in_8bit
     from lora_kata.tiny import save_tiny_opt
 
-    model = load_tiny_opt_8bit(save_tiny_opt(tmp_path, with_tokenizer=False))
+    model = load_tiny_opt_in_8bit(save_tiny_opt(tmp_path, with_tokenizer=False)).eval()
     inject.inject_lora(model, inject.LoRAConfig(r=4, lora_alpha=8))
     with pytest.raises(TypeError):
         inject.merge_lora(model)
