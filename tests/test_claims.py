@@ -150,23 +150,30 @@ def test_kaiming_uniform_with_a_sqrt5_is_bounded_by_one_over_sqrt_fan_in():
 
 
 @claim(L01, "What changed")
-def test_peft_default_init_is_random_A_and_zero_B():
+def test_peft_default_init_is_kaiming_uniform_A_and_zero_B_and_other_inits_exist():
+    import math
+
+    from peft import LoraConfig
+
     from lora_kata.tiny import build_tiny_opt
 
     model = _peft(build_tiny_opt(0), ["q_proj"])
-    params = dict(model.named_parameters())
-    a = next(p for n, p in params.items() if "lora_A" in n)
-    b = next(p for n, p in params.items() if "lora_B" in n)
-    assert a.abs().sum() > 0, "expected peft's lora_A random by default, found all zeros"
-    assert b.abs().sum() == 0, (
-        f"expected peft's lora_B zero by default, found |B| sum {b.abs().sum()}"
+    layer = model.base_model.model.model.decoder.layers[0].self_attn.q_proj
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    bound = 1 / math.sqrt(a.shape[1])
+    assert 0 < a.abs().max() <= bound, (
+        f"expected peft's lora_A kaiming-uniform within ±1/√in = {bound:.4f}, found max "
+        f"{a.abs().max():.4f}"
     )
-    assert a.dtype.is_floating_point and a.dtype.itemsize == 4, (
-        f"expected peft's adapters in fp32 by default, found {a.dtype}"
-    )
+    assert b.abs().sum() == 0, f"expected peft's lora_B zero by default, found |B| {b.abs().sum()}"
+    for init in ("gaussian", "pissa"):
+        assert LoraConfig(init_lora_weights=init).init_lora_weights == init, (
+            f"expected peft to accept init_lora_weights={init!r}"
+        )
+    assert LoraConfig(use_dora=True).use_dora, "expected peft's LoraConfig to offer use_dora"
 
 
-@claim(L01, "What you implement")
+@claim(L01, "What you implement", (L02, "Pitfalls"))
 def test_grad_scaler_refuses_fp16_gradients():
     import torch
 
@@ -787,6 +794,235 @@ def test_torch_load_refuses_arbitrary_pickles_by_default():
     payload.seek(0)
     with pytest.raises(pickle.UnpicklingError, match="weights_only"):
         torch.load(payload)
+
+
+# --------------------------------------------------------------------------- more of 01-05
+
+
+@claim(L01, "Pitfalls")
+def test_assigning_a_module_before_super_init_fails_with_torchs_message():
+    import torch
+
+    class Forgetful(torch.nn.Module):
+        def __init__(self):
+            self.layer = torch.nn.Linear(2, 3)
+
+    with pytest.raises(AttributeError, match=r"cannot assign module before Module.__init__\(\)"):
+        Forgetful()
+
+
+@claim(L01, "What you implement")
+def test_fp16_drops_an_update_smaller_than_half_its_step():
+    import torch
+
+    weight = torch.tensor(1.0, dtype=torch.float16)
+    assert weight + 1e-4 == weight, "expected 1 + 1e-4 to round back to 1 in fp16"
+    assert weight.float() + 1e-4 != weight.float(), "expected fp32 to keep 1 + 1e-4"
+
+
+@claim(L01, "What you implement", (L02, "From the tutorial"))
+def test_peft_keeps_fp32_adapters_on_an_fp16_base_and_returns_the_base_dtype():
+    import torch
+
+    from lora_kata.tiny import build_tiny_opt
+
+    model = _peft(build_tiny_opt(0).half(), ["q_proj"])
+    layer = model.base_model.model.model.decoder.layers[0].self_attn.q_proj
+    assert layer.lora_A["default"].weight.dtype == torch.float32, (
+        f"expected fp32 adapters on an fp16 base, found {layer.lora_A['default'].weight.dtype}"
+    )
+    output = layer(torch.randn(2, 32, dtype=torch.float16))
+    assert output.dtype == torch.float16, (
+        f"expected peft's LoRA output in the base's fp16, found {output.dtype}"
+    )
+
+
+@claim(L03, "What changed")
+def test_an_8bit_weight_counts_one_parameter_per_value():
+    from lora_kata.tiny import build_tiny_opt
+
+    fp32 = sum(p.numel() for p in build_tiny_opt(0).parameters())
+    int8 = sum(p.numel() for p in _eight_bit_model().parameters())
+    assert int8 == fp32, (
+        f"expected numel() of the 8-bit model to equal the fp32 model's {fp32}, found {int8}"
+    )
+
+
+@claim(L04, "What changed")
+def test_peft_all_linear_wraps_every_block_linear_in_a_base_layer():
+    from lora_kata.tiny import build_tiny_opt
+
+    model = _peft(build_tiny_opt(0), "all-linear")
+    wrapped = _wrapped_by_peft(model)
+    assert len(wrapped) == 2 * 6 and not any("lm_head" in n for n in wrapped), (
+        f"expected 'all-linear' to wrap the 6 linears of both blocks, not lm_head; found {wrapped}"
+    )
+    layer = model.base_model.model.model.decoder.layers[0].self_attn.q_proj
+    assert hasattr(layer, "base_layer"), "expected peft's wrapped layer to hold base_layer"
+
+
+@claim(L04, "What changed")
+def test_peft_wraps_gpt2_conv1d_with_fan_in_fan_out():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    model = _peft(GPT2LMHeadModel(config), ["c_attn"], fan_in_fan_out=True)
+    wrapped = _wrapped_by_peft(model)
+    assert wrapped == ["transformer.h.0.attn.c_attn"], (
+        f"expected peft to wrap GPT-2's Conv1D c_attn, found {wrapped}"
+    )
+
+
+@claim(L04, "From the tutorial")
+def test_peft_model_wraps_a_lora_model_that_wraps_the_original():
+    from peft import LoraModel, PeftModelForCausalLM
+    from transformers import OPTForCausalLM
+
+    from lora_kata.tiny import build_tiny_opt
+
+    model = _peft(build_tiny_opt(0), ["q_proj"])
+    layers = [type(model), type(model.base_model), type(model.base_model.model)]
+    assert layers == [PeftModelForCausalLM, LoraModel, OPTForCausalLM], (
+        f"expected PeftModelForCausalLM → LoraModel → OPTForCausalLM, found {layers}"
+    )
+
+
+@claim(L04, "The idea")
+def test_peft_bias_all_trains_every_bias_and_lora_only_the_wrapped_ones():
+    from lora_kata.tiny import build_tiny_opt
+
+    def trainable_biases(bias):
+        model = _peft(build_tiny_opt(0), ["q_proj"], bias=bias)
+        return sorted(n for n, p in model.named_parameters() if p.requires_grad and "bias" in n)
+
+    every_bias = [n for n, _ in build_tiny_opt(0).named_parameters() if n.endswith(".bias")]
+    assert trainable_biases("none") == [], "expected bias='none' to train no bias"
+    assert len(trainable_biases("all")) == len(every_bias), (
+        f"expected bias='all' to train all {len(every_bias)} biases, found "
+        f"{len(trainable_biases('all'))}"
+    )
+    only = trainable_biases("lora_only")
+    assert len(only) == 2 and all("q_proj" in n for n in only), (
+        f"expected bias='lora_only' to train only the two q_proj biases, found {only}"
+    )
+
+
+@claim(L04, "What you implement")
+def test_adding_a_child_while_iterating_named_modules_raises():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    with pytest.raises(RuntimeError, match="dictionary changed size during iteration"):
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                model.add_module(f"wrapped_{name}", torch.nn.Identity())
+
+
+@claim(L05, "From the tutorial", (L05, "What changed"))
+def test_peft_merge_and_unload_returns_the_plain_model_and_safe_merge_catches_nan():
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers import OPTForCausalLM
+
+    from lora_kata.tiny import build_tiny_opt
+
+    merged = _peft(build_tiny_opt(0), ["q_proj"]).merge_and_unload()
+    assert type(merged) is OPTForCausalLM and not any(
+        isinstance(m, BaseTunerLayer) for m in merged.modules()
+    ), f"expected a plain OPTForCausalLM without LoRA layers, found {type(merged).__name__}"
+    broken = _peft(build_tiny_opt(0), ["q_proj"])
+    with torch.no_grad():
+        for name, param in broken.named_parameters():
+            if "lora_B" in name:
+                param.fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        broken.merge_and_unload(safe_merge=True)
+
+
+# --------------------------------------------------------------------------- more of 07-09
+
+
+@claim(L07, "What you implement", ("README.md", "Install"))
+def test_bitsandbytes_runs_8bit_forward_and_backward_on_the_cpu():
+    import torch
+
+    model = _peft(_eight_bit_model(), ["q_proj"])
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with _quiet():
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert torch.isfinite(loss) and grads and all(g is not None for g in grads), (
+        f"expected a finite loss and LoRA gradients through Linear8bitLt on the CPU, found "
+        f"loss {loss.item()} and gradients {[g is not None for g in grads]}"
+    )
+
+
+@claim(L07, "The idea")
+def test_llm_int8_threshold_defaults_to_6():
+    from transformers import BitsAndBytesConfig
+
+    found = BitsAndBytesConfig(load_in_8bit=True).llm_int8_threshold
+    assert found == 6.0, f"expected llm_int8_threshold 6.0 by default, found {found}"
+
+
+@claim(L08, "From the tutorial")
+def test_trainer_defaults_to_adamw_and_a_linear_schedule():
+    import tempfile
+
+    from transformers import TrainingArguments
+
+    with tempfile.TemporaryDirectory() as directory:
+        arguments = TrainingArguments(output_dir=directory, report_to=[])
+    assert str(arguments.optim.value).startswith("adamw"), (
+        f"expected the Trainer's default optimizer to be AdamW, found {arguments.optim}"
+    )
+    assert arguments.lr_scheduler_type.value == "linear", (
+        f"expected a linear schedule by default, found {arguments.lr_scheduler_type}"
+    )
+
+
+@claim(L08, "Pitfalls")
+def test_grad_scaler_starts_at_a_scale_of_65536():
+    import torch
+
+    scale = torch.amp.GradScaler("cpu").get_scale()
+    assert scale == 65536.0, f"expected GradScaler's initial scale 2**16, found {scale}"
+
+
+@claim(L09, "The idea")
+def test_a_safetensors_file_is_a_json_header_then_raw_bytes():
+    import struct
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory, "a.safetensors")
+        save_file({"lora_A": torch.arange(6, dtype=torch.float32).reshape(2, 3)}, str(path))
+        raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    body = raw[8 + length :]
+    assert header["lora_A"]["shape"] == [2, 3] and len(body) == 6 * 4, (
+        f"expected an 8-byte length, a JSON header and 24 raw bytes, found {header}, {len(body)}"
+    )
+    assert torch.equal(torch.frombuffer(bytearray(body), dtype=torch.float32), torch.arange(6.0)), (
+        "expected the tensor's bytes as they are after the header"
+    )
+
+
+@claim(L09, "What changed", (L10, "What changed"))
+def test_push_to_hub_takes_token_not_use_auth_token():
+    import inspect
+
+    from peft import PeftModel
+
+    parameters = inspect.signature(PeftModel.push_to_hub).parameters
+    assert "token" in parameters and "use_auth_token" not in parameters, (
+        f"expected push_to_hub(token=...) without use_auth_token, found {list(parameters)}"
+    )
 
 
 # --------------------------------------------------------------------------- the registry
