@@ -958,6 +958,20 @@ def test_bitsandbytes_runs_8bit_forward_and_backward_on_the_cpu():
     )
 
 
+@claim("docs/gpu.md", "Run the capstone")
+def test_an_8bit_load_refuses_a_device_map_that_spills_onto_cpu_or_disk():
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from lora_kata.testing_int8 import tiny_opt_fp16_dir
+
+    with pytest.raises(ValueError, match="llm_int8_enable_fp32_cpu_offload"), _quiet():
+        AutoModelForCausalLM.from_pretrained(
+            str(tiny_opt_fp16_dir()),
+            quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+            device_map={"model": "cpu", "lm_head": "disk"},
+        )
+
+
 @claim(L07, "The idea")
 def test_llm_int8_threshold_defaults_to_6():
     from transformers import BitsAndBytesConfig
