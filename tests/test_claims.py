@@ -166,6 +166,10 @@ def test_peft_default_init_is_kaiming_uniform_A_and_zero_B_and_other_inits_exist
         f"{a.abs().max():.4f}"
     )
     assert b.abs().sum() == 0, f"expected peft's lora_B zero by default, found |B| {b.abs().sum()}"
+    assert tuple(a.shape) == (4, 32) and tuple(b.shape) == (32, 4), (
+        f"expected peft's lora_A.default (r, in) = (4, 32) and lora_B (out, r) = (32, 4), found "
+        f"{tuple(a.shape)} and {tuple(b.shape)}"
+    )
     for init in ("gaussian", "pissa"):
         assert LoraConfig(init_lora_weights=init).init_lora_weights == init, (
             f"expected peft to accept init_lora_weights={init!r}"
@@ -509,6 +513,40 @@ def test_prepare_model_for_kbit_training_skips_its_input_grad_hook_when_not_reen
         "expected peft to add its own input-grad hook only for use_reentrant=True (one hook "
         f"more than with False), found hooks per setting {counts}"
     )
+
+
+@claim(L07, "The idea", (L07, "Pitfalls"))
+def test_reentrant_checkpointing_without_the_input_grad_hook_gives_lora_no_gradient():
+    import torch
+
+    from lora_kata.tiny import build_tiny_opt
+
+    def lora_gradients(reentrant: bool, hook: bool):
+        model = _peft(build_tiny_opt(0), ["q_proj"])
+        inner = model.base_model.model
+        inner.activation_checkpointing_enable({"use_reentrant": reentrant})
+        if not hook:
+            inner.disable_input_require_grads()
+        model.train()
+        ids = torch.tensor([[5, 6, 7, 8]])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss = model(input_ids=ids, labels=ids).loss
+        if loss.requires_grad:
+            loss.backward()
+        grads = [p.grad is not None for n, p in model.named_parameters() if "lora_A" in n]
+        return grads, [str(w.message) for w in caught]
+
+    grads, caught = lora_gradients(reentrant=True, hook=False)
+    assert not any(grads) and any("None of the inputs have requires_grad" in m for m in caught), (
+        "expected reentrant checkpointing without the hook to leave every LoRA weight without a "
+        f"gradient, with PyTorch's warning; found gradients {grads}, warnings {caught}"
+    )
+    for reentrant, hook in ((True, True), (False, False)):
+        grads, _ = lora_gradients(reentrant, hook)
+        assert grads and all(grads), (
+            f"expected LoRA gradients with use_reentrant={reentrant}, hook={hook}, found {grads}"
+        )
 
 
 @claim(L07, "What changed")
@@ -937,6 +975,26 @@ def test_peft_merge_and_unload_returns_the_plain_model_and_safe_merge_catches_na
                 param.fill_(float("nan"))
     with pytest.raises(ValueError, match="NaN"):
         broken.merge_and_unload(safe_merge=True)
+
+
+@claim(L05, "Pitfalls")
+def test_an_inplace_merge_outside_no_grad_is_recorded_by_autograd():
+    import torch
+
+    weight = torch.nn.Parameter(torch.zeros(4, 3), requires_grad=False)
+    lora_A = torch.nn.Parameter(torch.randn(2, 3))
+    lora_B = torch.nn.Parameter(torch.randn(4, 2))
+    weight.add_(lora_B @ lora_A)
+    assert weight.requires_grad and weight.grad_fn is not None, (
+        "expected an in-place add of ΔW outside no_grad to put the frozen weight in the graph, "
+        f"found requires_grad={weight.requires_grad}, grad_fn={weight.grad_fn}"
+    )
+
+
+@claim(L09, "Pitfalls")
+def test_a_set_of_target_modules_is_not_json_serialisable():
+    with pytest.raises(TypeError, match="set is not JSON serializable"):
+        json.dumps({"target_modules": {"q_proj", "v_proj"}})
 
 
 # --------------------------------------------------------------------------- more of 07-09
