@@ -603,7 +603,7 @@ def test_checkpointing_in_training_switches_the_kv_cache_off():
 # --------------------------------------------------------------------------- 06
 
 
-@claim(L06, "The idea")
+@claim(L06, "The idea", (L06, "From the tutorial"), (L06, "Pitfalls"))
 def test_data_collator_for_language_modeling_masks_every_pad_id_token():
     from transformers import DataCollatorForLanguageModeling
 
@@ -617,6 +617,39 @@ def test_data_collator_for_language_modeling_masks_every_pad_id_token():
     assert batch["labels"][0].tolist() == [-100, 10, 11, -100], (
         "expected the collator to mask every token equal to the pad id, the real EOS "
         f"included, found labels {batch['labels'][0].tolist()}"
+    )
+
+
+@claim(L06, "What changed")
+def test_the_trainer_drops_unused_columns_by_default():
+    import tempfile
+
+    from transformers import TrainingArguments
+
+    with tempfile.TemporaryDirectory() as directory:
+        arguments = TrainingArguments(output_dir=directory, report_to=[])
+    assert arguments.remove_unused_columns is True, (
+        "expected TrainingArguments.remove_unused_columns to default to True (the Trainer drops "
+        f"quote/author/tags before the collator), found {arguments.remove_unused_columns}"
+    )
+
+
+@claim(L10, "What you implement")
+def test_generate_stops_at_the_eos_token_id():
+    import torch
+
+    from lora_kata.tiny import build_tiny_opt
+
+    model = build_tiny_opt(0)
+    prompt = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        free = model.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None)
+        first = int(free[0, 3])
+        stopped = model.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=first)
+    assert free.shape[1] == 3 + 6, f"expected 6 new tokens without EOS, found {free.shape[1] - 3}"
+    assert stopped[0].tolist() == [5, 6, 7, first], (
+        f"expected greedy generation to stop right after emitting eos_token_id={first}, found "
+        f"{stopped[0].tolist()}"
     )
 
 
