@@ -83,6 +83,12 @@ def _job(modules, name, args, world, choice, settings, device_map, options, back
         if choice.small:
             build_small_opt(choice.path)
     dp.barrier(world)  # the other ranks load the small OPT only once rank 0 has written it
+    if choice.small and not (Path(choice.path) / "config.json").is_file():
+        raise dp.UsageError(
+            f"rank {world.rank} cannot see the built-in small OPT that rank 0 wrote to "
+            f"{choice.path}: on several machines put --out on a shared file system, or pass "
+            "--model (a hub id cached on every machine, or a shared directory)."
+        )
     _describe_model(say, choice)
     if choice.small and not cuda:
         # Its 128-wide matmuls gain nothing from threads, and on a busy CPU OpenMP's spinning
