@@ -6,13 +6,15 @@ import argparse
 
 from lora_kata.capstone.settings import LORA_SETTINGS, PROMPT, QUANTS, QUOTES, SMALL, TUTORIAL
 
-LAUNCHERS = (
-    "Data parallel: run the same command under `torchrun --nproc-per-node N -m "
-    "solutions.finetune ...` (or `accelerate launch --multi_gpu --num_processes N -m "
-    "solutions.finetune ...`). Each process loads its own copy (on GPU: one GPU each), "
-    "--batch-size x --grad-accum stays the global batch (--grad-accum must be a multiple of "
-    "N), and only rank 0 writes files. See docs/gpu.md."
-)
+
+def launchers(module: str) -> str:
+    return (
+        f"Data parallel: run the same command under `torchrun --nproc-per-node N -m {module} "
+        f"...` (or `accelerate launch --multi_gpu --num_processes N -m {module} ...`). Each "
+        "process loads its own copy (on GPU: one GPU each), --batch-size x --grad-accum stays "
+        "the global batch (--grad-accum must be a multiple of N), and only rank 0 writes "
+        "files. See docs/gpu.md."
+    )
 
 
 def parse_args(argv=None, prog: str = "python -m solutions.finetune") -> argparse.Namespace:
@@ -34,7 +36,8 @@ def parse_args(argv=None, prog: str = "python -m solutions.finetune") -> argpars
             f"{s['grad_accum']}, lr {s['lr']:g}, seconds on a laptop CPU. When --max-steps "
             "is given without --warmup-steps, warmup is half of it (the tutorial's 100 of "
             "200). On CUDA the loop runs fp16 autocast with a GradScaler; on the CPU, fp32. "
-            f"Example on a GPU: --model facebook/opt-6.7b. {LAUNCHERS}"
+            "Example on a GPU: --model facebook/opt-6.7b. "
+            + launchers(prog.removeprefix("python -m "))
         ),
     )
     parser.add_argument("--model", help="hub id or local directory (default: see below)")
