@@ -77,7 +77,9 @@ def parse_args(argv=None, prog: str = "python -m solutions.finetune") -> argpars
         help="tokens per quote (truncation) and per packed row (finetune(max_length=...), "
         "exercise 11; default: the model's max_position_embeddings)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="data order and dropout (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="LoRA init, data order and dropout (default 0)"
+    )
     parser.add_argument(
         "--out", default="outputs", help="output directory: adapter/, loss.png, metrics.json"
     )
