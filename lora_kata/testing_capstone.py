@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_kata import REPO_ROOT
-from lora_kata.cli_finetune import LORA_SETTINGS, input_device, load_prepared
+from lora_kata.capstone.models import input_device, load_prepared
+from lora_kata.capstone.settings import LORA_SETTINGS
 
 # Where the GPU test leaves its metrics and loss plot (CI uploads it as an artifact).
 ARTIFACTS = Path(os.environ.get("LORA_KATA_ARTIFACTS", REPO_ROOT / ".lora_kata" / "capstone"))
@@ -203,7 +204,7 @@ def plot_and_record(run: CapstoneRun, directory: Path, extra: dict) -> Path:
     """Write metrics.json and loss.png for the CI artifact; returns the directory."""
     import json
 
-    from lora_kata.cli_finetune import plot_losses
+    from lora_kata.capstone.outputs import plot_losses
 
     directory.mkdir(parents=True, exist_ok=True)
     plot_losses([float(x) for x in run.losses], directory / "loss.png", run.model_path)

@@ -1,10 +1,18 @@
-"""The capstone's command line (lora_kata/cli_finetune.py): model choice, flags, a real run."""
+"""The capstone's command line (lora_kata/capstone/): model choice, flags, a real run."""
 
 import json
+import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
-from lora_kata.cli_finetune import choose_model, device_map_from
+import pytest
+
+from lora_kata.capstone.arguments import device_map_from, parse_args
+from lora_kata.capstone.models import choose_model
+from lora_kata.capstone.outputs import write_atomically
+from lora_kata.capstone.pieces import PieceMissing, finetune_options, load_quantized
+from lora_kata.cli_finetune import main
 from tests.kata_harness import REPO, clean_env
 
 
@@ -32,7 +40,7 @@ def test_a_cached_opt_125m_is_found_offline_and_preferred(tmp_path):
     (tmp_path / "models--facebook--opt-125m" / "refs").mkdir()
     (tmp_path / "models--facebook--opt-125m" / "refs" / "main").write_text("abc123")
     code = (
-        "from pathlib import Path; from lora_kata.cli_finetune import choose_model;"
+        "from pathlib import Path; from lora_kata.capstone.models import choose_model;"
         "c = choose_model(None, Path('unused')); print(c.path, c.name, c.small)"
     )
     done = subprocess.run(
@@ -63,3 +71,102 @@ def test_the_reference_cli_runs_offline_and_writes_adapter_plot_and_generation(t
     assert config["r"] == 16 and config["lora_alpha"] == 32
     assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
     assert any(line.startswith("Two things are infinite: ") for line in said.splitlines()), said
+
+
+# ------------------------------------------------------------------ flags that reach further
+
+
+def _tutorial_finetune(model, tokenizer, dataset, *, max_steps=200, batch_size=4, grad_accum=4,
+                       lr=2e-4, warmup_steps=100, seed=0, progress=True):  # fmt: skip
+    raise AssertionError("not called: the flags are checked before anything is loaded")
+
+
+def _packing_finetune(model, tokenizer, dataset, *, max_steps=200, batch_size=4, grad_accum=4,
+                      lr=2e-4, warmup_steps=100, seed=0, progress=True, packing=False,
+                      max_length=None):  # fmt: skip
+    raise AssertionError("not called")
+
+
+def test_packing_and_max_length_reach_finetune_only_when_asked():
+    plain = parse_args([])
+    assert finetune_options(_tutorial_finetune, plain) == {}, (
+        "without --packing / --max-length, finetune must be called as the tutorial's "
+        "(exercise 10's finetune has no packing keyword)"
+    )
+    asked = parse_args(["--packing", "--max-length", "96"])
+    assert finetune_options(_packing_finetune, asked) == {"packing": True, "max_length": 96}
+    assert finetune_options(_packing_finetune, parse_args(["--max-length", "64"])) == {
+        "max_length": 64
+    }
+
+
+@pytest.mark.parametrize("flags", [["--packing"], ["--max-length", "64"]])
+def test_packing_flags_with_a_finetune_that_lacks_them_name_exercise_11(flags):
+    with pytest.raises(PieceMissing, match="exercise 11") as caught:
+        finetune_options(_tutorial_finetune, parse_args(flags))
+    assert flags[0] in str(caught.value), f"expected the message to name {flags[0]}: {caught.value}"
+
+
+def _recorder(calls: list):
+    def load(path, **options):
+        calls.append((path, options))
+        return "model"
+
+    return load
+
+
+def test_quant_8bit_is_the_tutorials_loader_and_4bit_asks_for_double_quantization():
+    import torch
+
+    calls8, calls4 = [], []
+    modules = SimpleNamespace(
+        int8=SimpleNamespace(load_in_8bit=_recorder(calls8)),
+        qlora=SimpleNamespace(load_in_4bit=_recorder(calls4)),
+    )
+    assert parse_args([]).quant == "8bit", "the default must be the tutorial's 8-bit"
+    load_quantized(modules, "m", "8bit", device_map={"": 1})
+    assert calls8 == [("m", {"device_map": {"": 1}})], calls8
+    load_quantized(modules, "m", "4bit", device_map=None, cuda=False)
+    assert calls4 == [
+        ("m", {"double_quant": True, "compute_dtype": torch.float32, "device_map": None})
+    ], calls4
+    load_quantized(modules, "m", "4bit", cuda=True)
+    assert calls4[-1][1]["compute_dtype"] == torch.float16, (
+        "on CUDA the 4-bit matmuls should run in fp16, like the loop's fp16 autocast"
+    )
+
+
+def test_quant_4bit_without_exercise_12_says_so():
+    modules = SimpleNamespace(int8=SimpleNamespace(), name=None)
+    with pytest.raises(PieceMissing, match="exercise 12"):
+        load_quantized(modules, "m", "4bit")
+
+
+def test_bad_flag_values_are_refused_by_argparse(capsys):
+    for flags in (["--quant", "3bit"], ["--lora-dropout", "1"], ["--max-length", "0"]):
+        with pytest.raises(SystemExit) as caught:
+            parse_args(flags)
+        assert caught.value.code == 2, f"{flags}: expected exit 2 (usage), got {caught.value}"
+    assert "3bit" in capsys.readouterr().err
+
+
+def test_from_the_command_line_a_missing_piece_is_one_sentence_and_exit_2(monkeypatch, capsys):
+    fake = SimpleNamespace(name="fake", finetune=SimpleNamespace(finetune=_tutorial_finetune))
+    monkeypatch.setattr(sys, "argv", ["finetune", "--packing", "--small", "--out", "unused"])
+    assert main(fake) == 2
+    err = capsys.readouterr().err
+    assert "--packing needs finetune(" in err and "Traceback" not in err, err
+
+
+def test_outputs_are_written_atomically_with_the_umask_mode(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        path = write_atomically(tmp_path / "metrics.json", b"{}\n")
+    finally:
+        os.umask(previous)
+    mode = path.stat().st_mode & 0o777
+    assert mode == 0o640, f"expected 0o666 & ~0o027 = 0o640, found {oct(mode)}"
+    assert path.read_bytes() == b"{}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"], (
+        "a temporary file was left"
+    )

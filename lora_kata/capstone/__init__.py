@@ -1,0 +1,19 @@
+"""The capstone's command line, `python -m solutions.finetune` / `python -m exercises.finetune`.
+
+Not an exercise: this package wires the learner's (or the reference's) pieces together in the
+tutorial's order, one concern per module:
+
+    settings      the tutorial's LoRA and training settings, the small OPT's shape
+    arguments     the command-line flags
+    pieces        which implementation runs, and what its modules offer (--quant, --packing)
+    models        model choice (--model, a cached opt-125m, the built-in small OPT) and loading
+    distributed   data parallel under torchrun / accelerate launch
+    outputs       the loss plot and metrics.json, written atomically by rank 0
+    run           main(): the whole job
+
+`lora_kata/cli_finetune.py` re-exports the names older callers import.
+"""
+
+from lora_kata.capstone.run import main
+
+__all__ = ["main"]
