@@ -24,6 +24,7 @@ data = implementation("data")
 HIDDEN, LAYERS, VOCAB = 32, 2, 512  # the tiny OPT (lora_kata.tiny)
 N = 5  # virtual tokens: distinct from the tiny OPT's sizes and from the batches below
 INIT_TEXT = "Two things are infinite"  # the tutorial's generation prompt
+OPT_6_7B_PARAMETERS = 6_658_473_984  # exercise 03: the tied lm_head counted once
 
 
 def tiny_opt(**overrides):
@@ -70,14 +71,18 @@ def peft_prompt_tuning(model, num_virtual_tokens, **options):
         return get_peft_model(model, config)
 
 
-def peft_trainable(model, config) -> int:
+def peft_wrapped(model, config):
     import warnings
 
     from peft import get_peft_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return get_peft_model(model, config).get_nb_trainable_parameters()[0]
+        return get_peft_model(model, config)
+
+
+def peft_trainable(model, config) -> int:
+    return peft_wrapped(model, config).get_nb_trainable_parameters()[0]
 
 
 def random_batch(batch, length, seed=0):
@@ -137,20 +142,6 @@ def test_prompt_is_one_trainable_fp32_row_per_virtual_token():
     assert wrapper.prompt.requires_grad, "the prompt is what trains: it must require grad"
 
 
-def test_the_prompt_is_fp32_even_on_a_bfloat16_model():
-    model = tiny_opt().to(torch.bfloat16)
-    wrapper = prompt.PromptTuning(model, N)
-    assert wrapper.prompt.dtype == torch.float32, (
-        f"expected an fp32 prompt on a bf16 model (as peft keeps it), found "
-        f"{wrapper.prompt.dtype}: copy the rows with .to(torch.float32)"
-    )
-    input_ids, attention_mask, _ = random_batch(2, 7)
-    logits = wrapper(input_ids, attention_mask=attention_mask).logits
-    assert logits.shape == (2, N + 7, VOCAB) and torch.isfinite(logits).all(), (
-        "forward on a bf16 model failed: cast the prompt to the embeddings' dtype before cat"
-    )
-
-
 def test_only_the_prompt_trains_and_the_model_is_frozen():
     model = tiny_opt()
     frozen_total = sum(p.numel() for p in model.parameters())
@@ -164,23 +155,6 @@ def test_only_the_prompt_trains_and_the_model_is_frozen():
     assert (trainable, total) == (N * HIDDEN, frozen_total + N * HIDDEN), (
         f"count_parameters(PromptTuning) should be ({N * HIDDEN}, {frozen_total + N * HIDDEN}): "
         f"the {N}×{HIDDEN} prompt trains, the model is frozen; found ({trainable}, {total})"
-    )
-
-
-def test_gradients_reach_only_the_prompt():
-    model = tiny_opt()
-    wrapper = prompt.PromptTuning(model, N)
-    input_ids, attention_mask, labels = random_batch(3, 6)
-    wrapper(input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
-    grad = wrapper.prompt.grad
-    assert grad is not None and grad.abs().sum() > 0, (
-        "no gradient reached the prompt: build inputs_embeds from self.prompt itself "
-        "(not a detached copy or .data) so the loss depends on it"
-    )
-    moved = [name for name, p in model.named_parameters() if p.grad is not None]
-    assert not moved, (
-        f"the model left trainable: gradients reached {len(moved)} model parameters "
-        f"(e.g. {moved[0]}); only the prompt may get a gradient"
     )
 
 
@@ -356,6 +330,37 @@ def test_labels_are_minus_100_on_the_prompt_then_the_inputs_labels(size):
     )
 
 
+def test_the_prompt_is_fp32_even_on_a_bfloat16_model():
+    model = tiny_opt().to(torch.bfloat16)
+    wrapper = prompt.PromptTuning(model, N)
+    assert wrapper.prompt.dtype == torch.float32, (
+        f"expected an fp32 prompt on a bf16 model (as peft keeps it), found "
+        f"{wrapper.prompt.dtype}: copy the rows with .to(torch.float32)"
+    )
+    input_ids, _, _ = random_batch(2, 7)
+    logits = wrapper(input_ids).logits
+    assert logits.shape == (2, N + 7, VOCAB) and torch.isfinite(logits).all(), (
+        "forward on a bf16 model failed: cast the prompt to the embeddings' dtype before cat"
+    )
+
+
+def test_gradients_reach_only_the_prompt():
+    model = tiny_opt()
+    wrapper = prompt.PromptTuning(model, N)
+    input_ids, attention_mask, labels = random_batch(3, 6)
+    wrapper(input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+    grad = wrapper.prompt.grad
+    assert grad is not None and grad.abs().sum() > 0, (
+        "no gradient reached the prompt: build inputs_embeds from self.prompt itself "
+        "(not a detached copy or .data) so the loss depends on it"
+    )
+    moved = [name for name, p in model.named_parameters() if p.grad is not None]
+    assert not moved, (
+        f"the model left trainable: gradients reached {len(moved)} model parameters "
+        f"(e.g. {moved[0]}); only the prompt may get a gradient"
+    )
+
+
 def quotes_batch(tokenizer, count=3, max_length=24):
     """A right-padded batch of the first quotes (cut to fit the tiny OPT's 128 positions with
     the prompt), collated by exercise 06's collate."""
@@ -452,13 +457,32 @@ def test_counts_equal_peft_trainable_parameters_on_the_tiny_opt():
     )
     ours = prompt.prefix_tuning_parameter_count(N, LAYERS, HIDDEN)
     config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=N)
-    peft_prefix = peft_trainable(tiny_opt(), config)
-    assert not config.prefix_projection
+    assert not config.prefix_projection, "peft's default: no reparameterisation"
+    prefix_model = peft_wrapped(tiny_opt(), config)
+    peft_prefix = prefix_model.get_nb_trainable_parameters()[0]
     assert ours == peft_prefix, (
         f"prefix tuning, {N} virtual tokens, {LAYERS} layers, h={HIDDEN}: peft trains "
         f"{peft_prefix} (n·2·layers·h), found {ours}"
         + (": missing the factor 2 (a key and a value)" if 2 * ours == peft_prefix else "")
     )
+    # What those values are: a key/value cache of N positions in every layer, in front of the
+    # input's own keys and values.
+    cache = prefix_model.get_prompt(batch_size=1)
+    assert cache.get_seq_length() == N and len(cache.layers) == LAYERS
+    # Li & Liang's reparameterisation (prefix_projection=True) trains an MLP on top instead:
+    # an (n, h) embedding, Linear(h, e), Linear(e, 2·layers·h), with biases.
+    e = 24
+    projected = peft_trainable(
+        tiny_opt(),
+        PrefixTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=N,
+            prefix_projection=True,
+            encoder_hidden_size=e,
+        ),
+    )
+    kv = 2 * LAYERS * HIDDEN
+    assert projected == N * HIDDEN + (HIDDEN * e + e) + (e * kv + kv) > ours
 
 
 def test_opt_6_7b_20_virtual_tokens_train_81920_or_5242880_against_loras_8388608():
@@ -470,8 +494,13 @@ def test_opt_6_7b_20_virtual_tokens_train_81920_or_5242880_against_loras_8388608
     prefix_count = prompt.prefix_tuning_parameter_count(20, 32, 4096)
     lora_count = 32 * 2 * counting.lora_parameter_count(4096, 4096, 16)  # q_proj, v_proj
     config = dict(task_type="CAUSAL_LM", num_virtual_tokens=20)
-    peft_prompt = peft_trainable(opt_6_7b_on_meta(), PromptTuningConfig(**config))
-    peft_prefix = peft_trainable(opt_6_7b_on_meta(), PrefixTuningConfig(**config))
+    wrapped = peft_wrapped(opt_6_7b_on_meta(), PromptTuningConfig(**config))
+    peft_prompt, prompt_total = wrapped.get_nb_trainable_parameters()
+    wrapped = peft_wrapped(opt_6_7b_on_meta(), PrefixTuningConfig(**config))
+    peft_prefix, prefix_total = wrapped.get_nb_trainable_parameters()
+    # peft's "all params" is the frozen model plus what it trains.
+    assert prompt_total == OPT_6_7B_PARAMETERS + peft_prompt
+    assert prefix_total == OPT_6_7B_PARAMETERS + peft_prefix
     assert prompt_count == peft_prompt == 81_920, (
         f"opt-6.7b, 20 virtual tokens of prompt tuning: peft trains {peft_prompt} = 20·4096, "
         f"prompt_tuning_parameter_count gives {prompt_count}"
