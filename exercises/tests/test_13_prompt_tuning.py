@@ -37,7 +37,9 @@ def tiny_opt(**overrides):
 def untied_opt():
     """A tiny OPT whose lm_head is NOT its input embedding, so the two cannot be confused."""
     model = tiny_opt(tie_word_embeddings=False)
-    assert model.lm_head.weight is not model.get_input_embeddings().weight
+    assert model.lm_head.weight is not model.get_input_embeddings().weight, (
+        "tie_word_embeddings=False should give the tiny OPT its own lm_head"
+    )
     return model
 
 
@@ -245,7 +247,9 @@ def test_text_init_gives_the_same_rows_as_peft(untied_opt, tokenizer_dir, how):
         .prompt_encoder["default"]
         .embedding.weight
     )
-    assert ours.dtype == theirs.dtype == torch.float32
+    assert ours.dtype == theirs.dtype == torch.float32, (
+        f"both prompts should be fp32: ours {ours.dtype}, peft's {theirs.dtype}"
+    )
     assert torch.equal(ours.detach(), theirs.detach()), (
         f"{n} virtual tokens from a {count}-token text ({how}): peft's PromptTuningInit.TEXT "
         "gives other rows. peft embeds tokenizer(init_text)['input_ids'] (special tokens "
@@ -468,7 +472,10 @@ def test_counts_equal_peft_trainable_parameters_on_the_tiny_opt():
     # What those values are: a key/value cache of N positions in every layer, in front of the
     # input's own keys and values.
     cache = prefix_model.get_prompt(batch_size=1)
-    assert cache.get_seq_length() == N and len(cache.layers) == LAYERS
+    assert cache.get_seq_length() == N and len(cache.layers) == LAYERS, (
+        f"peft's prefix should be a cache of {N} positions in each of {LAYERS} layers, found "
+        f"{cache.get_seq_length()} positions in {len(cache.layers)} layers"
+    )
     # Li & Liang's reparameterisation (prefix_projection=True) trains an MLP on top instead:
     # an (n, h) embedding, Linear(h, e), Linear(e, 2·layers·h), with biases.
     e = 24
@@ -482,7 +489,11 @@ def test_counts_equal_peft_trainable_parameters_on_the_tiny_opt():
         ),
     )
     kv = 2 * LAYERS * HIDDEN
-    assert projected == N * HIDDEN + (HIDDEN * e + e) + (e * kv + kv) > ours
+    expected = N * HIDDEN + (HIDDEN * e + e) + (e * kv + kv)
+    assert projected == expected > ours, (
+        f"peft's prefix_projection=True should train the (n, h) embedding and the MLP: "
+        f"{expected}, more than the {ours} stored directly; found {projected}"
+    )
 
 
 def test_opt_6_7b_20_virtual_tokens_train_81920_or_5242880_against_loras_8388608():
@@ -499,8 +510,14 @@ def test_opt_6_7b_20_virtual_tokens_train_81920_or_5242880_against_loras_8388608
     wrapped = peft_wrapped(opt_6_7b_on_meta(), PrefixTuningConfig(**config))
     peft_prefix, prefix_total = wrapped.get_nb_trainable_parameters()
     # peft's "all params" is the frozen model plus what it trains.
-    assert prompt_total == OPT_6_7B_PARAMETERS + peft_prompt
-    assert prefix_total == OPT_6_7B_PARAMETERS + peft_prefix
+    assert prompt_total == OPT_6_7B_PARAMETERS + peft_prompt, (
+        f"peft's all params with prompt tuning: expected {OPT_6_7B_PARAMETERS} + "
+        f"{peft_prompt}, found {prompt_total} (has peft's accounting changed?)"
+    )
+    assert prefix_total == OPT_6_7B_PARAMETERS + peft_prefix, (
+        f"peft's all params with prefix tuning: expected {OPT_6_7B_PARAMETERS} + "
+        f"{peft_prefix}, found {prefix_total} (has peft's accounting changed?)"
+    )
     assert prompt_count == peft_prompt == 81_920, (
         f"opt-6.7b, 20 virtual tokens of prompt tuning: peft trains {peft_prompt} = 20·4096, "
         f"prompt_tuning_parameter_count gives {prompt_count}"
@@ -511,4 +528,6 @@ def test_opt_6_7b_20_virtual_tokens_train_81920_or_5242880_against_loras_8388608
         + (": missing the factor 2 (a key and a value)" if 2 * prefix_count == peft_prefix else "")
     )
     assert lora_count == 8_388_608, f"the tutorial's LoRA trains 8388608, found {lora_count}"
-    assert prompt_count < prefix_count < lora_count
+    assert prompt_count < prefix_count < lora_count, (
+        f"expected prompt < prefix < LoRA, found {prompt_count}, {prefix_count}, {lora_count}"
+    )
