@@ -18,6 +18,7 @@ Lesson: lessons/en/13-prompt-tuning.md.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -25,7 +26,12 @@ class PromptTuning(nn.Module):
     """A frozen causal LM (an OPTForCausalLM, say) behind `num_virtual_tokens` trainable rows."""
 
     def __init__(
-        self, model, num_virtual_tokens: int, *, init_text: str | None = None, tokenizer=None
+        self,
+        model: nn.Module,
+        num_virtual_tokens: int,
+        *,
+        init_text: str | None = None,
+        tokenizer=None,
     ):
         """Freeze `model` and create the prompt.
 
@@ -44,7 +50,12 @@ class PromptTuning(nn.Module):
         # TODO(13): validate, freeze model, pick the token ids, copy their embedding rows to fp32.
         raise NotImplementedError("Exercise 13: PromptTuning.__init__")
 
-    def forward(self, input_ids, attention_mask=None, labels=None):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ):
         """Call self.model on the prompt followed by the input's embeddings.
 
         input_ids: (batch, length) → inputs_embeds = cat([prompt cast to E's dtype and

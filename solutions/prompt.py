@@ -28,7 +28,12 @@ class PromptTuning(nn.Module):
     """
 
     def __init__(
-        self, model, num_virtual_tokens: int, *, init_text: str | None = None, tokenizer=None
+        self,
+        model: nn.Module,
+        num_virtual_tokens: int,
+        *,
+        init_text: str | None = None,
+        tokenizer=None,
     ):
         super().__init__()
         if isinstance(num_virtual_tokens, bool) or not isinstance(num_virtual_tokens, int):
@@ -69,7 +74,12 @@ class PromptTuning(nn.Module):
         rows = embedding.weight.detach()[ids].clone().to(torch.float32)
         self.prompt = nn.Parameter(rows)
 
-    def forward(self, input_ids, attention_mask=None, labels=None):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ):
         """The model on [prompt; embed(input_ids)]: logits of shape (batch, n + length, vocab)."""
         batch = input_ids.shape[0]
         n = self.num_virtual_tokens
