@@ -196,6 +196,12 @@ def test_random_init_copies_rows_of_the_input_embeddings(untied_opt):
         "changing the prompt changed the model's embedding: the prompt must be a copy "
         "(detach().clone()), not a view of E.weight"
     )
+    # The init this mirrors: peft's SAMPLE_VOCAB rows are input-embedding rows too.
+    theirs = peft_prompt_tuning(copy.deepcopy(untied_opt), N, prompt_tuning_init="SAMPLE_VOCAB")
+    peft_rows = theirs.prompt_encoder["default"].embedding.weight.detach()
+    assert all((row == inputs).all(dim=1).any() for row in peft_rows), (
+        "peft's SAMPLE_VOCAB init should copy rows of the input embedding (has peft changed?)"
+    )
 
 
 @given(num_virtual_tokens=st.integers(1, 40))
