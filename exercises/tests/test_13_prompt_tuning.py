@@ -1,0 +1,539 @@
+"""Exercise 13: prompt tuning and prefix tuning against LoRA (exercises/prompt.py).
+
+PromptTuning is checked against peft's PromptTuningConfig on a tiny OPT (same logits and loss
+once the same prompt is copied in; the same rows from a text), and the parameter counts
+against peft's trainable counts for prompt tuning and prefix tuning, on the tiny OPT and on
+opt-6.7b built on the meta device. Where PromptTuning calls its model, a hook records the
+arguments, so that a misplaced prompt, mask or label is named rather than met as a crash.
+"""
+
+import copy
+import inspect
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lora_kata.impl import implementation
+
+prompt = implementation("prompt")
+counting = implementation("counting")
+data = implementation("data")
+
+HIDDEN, LAYERS, VOCAB = 32, 2, 512  # the tiny OPT (lora_kata.tiny)
+N = 5  # virtual tokens: distinct from the tiny OPT's sizes and from the batches below
+INIT_TEXT = "Two things are infinite"  # the tutorial's generation prompt
+OPT_6_7B_PARAMETERS = 6_658_473_984  # exercise 03: the tied lm_head counted once
+
+
+def tiny_opt(**overrides):
+    from lora_kata.tiny import build_tiny_opt
+
+    return build_tiny_opt(**overrides)
+
+
+@pytest.fixture(scope="module")
+def untied_opt():
+    """A tiny OPT whose lm_head is NOT its input embedding, so the two cannot be confused."""
+    model = tiny_opt(tie_word_embeddings=False)
+    assert model.lm_head.weight is not model.get_input_embeddings().weight, (
+        "tie_word_embeddings=False should give the tiny OPT its own lm_head"
+    )
+    return model
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    """The quotes tokenizer saved where peft's AutoTokenizer.from_pretrained finds it offline."""
+    from lora_kata.tiny import quotes_tokenizer
+
+    directory = tmp_path_factory.mktemp("tokenizer")
+    quotes_tokenizer(VOCAB).save_pretrained(directory)
+    return directory
+
+
+def quotes_tokenizer():
+    from lora_kata.tiny import quotes_tokenizer
+
+    return quotes_tokenizer(VOCAB)
+
+
+def peft_prompt_tuning(model, num_virtual_tokens, **options):
+    """peft's prompt tuning on `model` (which it freezes and wraps), task CAUSAL_LM."""
+    import warnings
+
+    from peft import PromptTuningConfig, get_peft_model
+
+    config = PromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens, **options
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(model, config)
+
+
+def peft_wrapped(model, config):
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(model, config)
+
+
+def peft_trainable(model, config) -> int:
+    return peft_wrapped(model, config).get_nb_trainable_parameters()[0]
+
+
+def random_batch(batch, length, seed=0):
+    """input_ids, a right-padded attention_mask (row 0 full) and labels (-100 on padding)."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(4, VOCAB, (batch, length), generator=generator)
+    lengths = torch.randint(1, length + 1, (batch,), generator=generator)
+    lengths[0] = length
+    attention_mask = (torch.arange(length) < lengths[:, None]).long()
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return input_ids, attention_mask, labels
+
+
+def model_call(wrapper, input_ids, attention_mask, labels) -> dict:
+    """Run wrapper(input_ids, attention_mask=..., labels=...) and return the arguments (by
+    name) that it called wrapper.model with. An error raised by the model after it was called
+    (a mask of the wrong length, say) is not re-raised: the caller names the mistake instead."""
+    seen = []
+
+    def record(module, args, kwargs):
+        bound = inspect.signature(module.forward).bind_partial(*args, **kwargs)
+        seen.append({**bound.arguments.pop("kwargs", {}), **bound.arguments})
+
+    handle = wrapper.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        wrapper(input_ids, attention_mask=attention_mask, labels=labels)
+    except Exception:
+        if not seen:
+            raise
+    finally:
+        handle.remove()
+    assert seen, "PromptTuning.forward never called self.model: call it on inputs_embeds"
+    return seen[0]
+
+
+def sizes():
+    """(num_virtual_tokens, batch, length), all different."""
+    return st.tuples(st.integers(1, 9), st.integers(1, 4), st.integers(2, 12)).filter(
+        lambda s: len(set(s)) == 3
+    )
+
+
+def test_prompt_is_one_trainable_fp32_row_per_virtual_token():
+    model = tiny_opt()
+    wrapper = prompt.PromptTuning(model, N)
+    assert wrapper.model is model, "keep the wrapped model as self.model"
+    assert isinstance(wrapper.prompt, torch.nn.Parameter), (
+        f"self.prompt should be an nn.Parameter, found {type(wrapper.prompt).__name__}"
+    )
+    assert tuple(wrapper.prompt.shape) == (N, HIDDEN), (
+        f"prompt shape: expected (num_virtual_tokens, hidden) = ({N}, {HIDDEN}), found "
+        f"{tuple(wrapper.prompt.shape)}"
+    )
+    assert wrapper.prompt.dtype == torch.float32, (
+        f"the prompt trains in fp32, found {wrapper.prompt.dtype}"
+    )
+    assert wrapper.prompt.requires_grad, "the prompt is what trains: it must require grad"
+
+
+def test_only_the_prompt_trains_and_the_model_is_frozen():
+    model = tiny_opt()
+    frozen_total = sum(p.numel() for p in model.parameters())
+    wrapper = prompt.PromptTuning(model, N)
+    still = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert not still, (
+        f"the model left trainable: {len(still)} of its parameters still require grad "
+        f"(e.g. {still[0]}); set requires_grad False on every parameter of the model"
+    )
+    trainable, total = counting.count_parameters(wrapper)
+    assert (trainable, total) == (N * HIDDEN, frozen_total + N * HIDDEN), (
+        f"count_parameters(PromptTuning) should be ({N * HIDDEN}, {frozen_total + N * HIDDEN}): "
+        f"the {N}×{HIDDEN} prompt trains, the model is frozen; found ({trainable}, {total})"
+    )
+
+
+@pytest.mark.parametrize("num_virtual_tokens", [0, -3])
+def test_fewer_than_one_virtual_token_is_a_value_error(num_virtual_tokens):
+    with pytest.raises(ValueError) as raised:
+        prompt.PromptTuning(tiny_opt(), num_virtual_tokens)
+    assert str(raised.value).strip(), "say what was wrong: num_virtual_tokens must be ≥ 1"
+
+
+def test_init_text_without_a_tokenizer_is_refused():
+    with pytest.raises((ValueError, TypeError)) as raised:
+        prompt.PromptTuning(tiny_opt(), N, init_text=INIT_TEXT)
+    assert str(raised.value).strip(), "say what was wrong: init_text needs a tokenizer"
+
+
+def test_random_init_copies_rows_of_the_input_embeddings(untied_opt):
+    torch.manual_seed(0)
+    wrapper = prompt.PromptTuning(untied_opt, N)
+    inputs = untied_opt.get_input_embeddings().weight
+    outputs = untied_opt.lm_head.weight
+    rows = wrapper.prompt.detach()
+    for i, row in enumerate(rows):
+        if (row == inputs).all(dim=1).any():
+            continue
+        wrong = "init from wrong embeddings: " if (row == outputs).all(dim=1).any() else ""
+        raise AssertionError(
+            f"{wrong}prompt row {i} is not a row of model.get_input_embeddings().weight"
+            + (" but of lm_head (the OUTPUT embeddings)" if wrong else "")
+            + ": copy E.weight[ids] for random vocabulary ids (torch.randint), as peft's "
+            "SAMPLE_VOCAB init does"
+        )
+    before = inputs.detach().clone()
+    with torch.no_grad():
+        wrapper.prompt.add_(1.0)
+    assert torch.equal(inputs, before), (
+        "changing the prompt changed the model's embedding: the prompt must be a copy "
+        "(detach().clone()), not a view of E.weight"
+    )
+    # The init this mirrors: peft's SAMPLE_VOCAB rows are input-embedding rows too.
+    theirs = peft_prompt_tuning(copy.deepcopy(untied_opt), N, prompt_tuning_init="SAMPLE_VOCAB")
+    peft_rows = theirs.prompt_encoder["default"].embedding.weight.detach()
+    assert all((row == inputs).all(dim=1).any() for row in peft_rows), (
+        "peft's SAMPLE_VOCAB init should copy rows of the input embedding (has peft changed?)"
+    )
+
+
+@given(num_virtual_tokens=st.integers(1, 40))
+def test_init_text_rows_are_its_token_embeddings_repeated_and_cut(untied_opt, num_virtual_tokens):
+    tokenizer = quotes_tokenizer()
+    wrapper = prompt.PromptTuning(
+        untied_opt, num_virtual_tokens, init_text=INIT_TEXT, tokenizer=tokenizer
+    )
+    ids = tokenizer(INIT_TEXT)["input_ids"]
+    repeated = [ids[i % len(ids)] for i in range(num_virtual_tokens)]
+    weight = untied_opt.get_input_embeddings().weight.detach()
+    expected = weight[repeated]
+    rows = wrapper.prompt.detach()
+    assert rows.shape == expected.shape, (
+        f"with {len(ids)} text tokens and {num_virtual_tokens} virtual tokens the prompt "
+        f"should be {tuple(expected.shape)}, found {tuple(rows.shape)}: repeat the ids, then cut"
+    )
+    if torch.equal(rows, expected):
+        return
+    bare = tokenizer(INIT_TEXT, add_special_tokens=False)["input_ids"]
+    cause = "repeat the ids and cut to num_virtual_tokens: row i is E.weight[ids[i % len(ids)]]"
+    if torch.equal(rows, weight[[bare[i % len(bare)] for i in range(num_virtual_tokens)]]):
+        cause = (
+            'the special tokens were left out: peft embeds tokenizer(init_text)["input_ids"], '
+            "with OPT's leading </s>"
+        )
+    elif torch.equal(rows, untied_opt.lm_head.weight.detach()[repeated]):
+        cause = "init from wrong embeddings: these are lm_head's rows, not the input embedding's"
+    raise AssertionError(
+        f"prompt rows for init_text={INIT_TEXT!r} (ids {ids}) differ from the input "
+        f"embeddings of those ids: {cause}"
+    )
+
+
+@pytest.mark.parametrize("how", ["cut", "exact", "repeated"])
+def test_text_init_gives_the_same_rows_as_peft(untied_opt, tokenizer_dir, how):
+    tokenizer = quotes_tokenizer()
+    count = len(tokenizer(INIT_TEXT)["input_ids"])
+    n = {"cut": count - 2, "exact": count, "repeated": 2 * count + 3}[how]
+    ours = prompt.PromptTuning(untied_opt, n, init_text=INIT_TEXT, tokenizer=tokenizer).prompt
+    theirs = (
+        peft_prompt_tuning(
+            copy.deepcopy(untied_opt),
+            n,
+            prompt_tuning_init="TEXT",
+            prompt_tuning_init_text=INIT_TEXT,
+            tokenizer_name_or_path=str(tokenizer_dir),
+        )
+        .prompt_encoder["default"]
+        .embedding.weight
+    )
+    assert ours.dtype == theirs.dtype == torch.float32, (
+        f"both prompts should be fp32: ours {ours.dtype}, peft's {theirs.dtype}"
+    )
+    assert torch.equal(ours.detach(), theirs.detach()), (
+        f"{n} virtual tokens from a {count}-token text ({how}): peft's PromptTuningInit.TEXT "
+        "gives other rows. peft embeds tokenizer(init_text)['input_ids'] (special tokens "
+        "included) with the INPUT embeddings (wrong embeddings?), repeats them and cuts to n"
+    )
+
+
+@given(sizes())
+def test_the_prompt_comes_before_the_input(size):
+    n, batch, length = size
+    wrapper = prompt.PromptTuning(tiny_opt(), n)
+    input_ids, attention_mask, labels = random_batch(batch, length, seed=n)
+    seen = model_call(wrapper, input_ids, attention_mask, labels)
+    embeds = seen.get("inputs_embeds")
+    assert embeds is not None, (
+        "call the model with inputs_embeds=[prompt; embed(input_ids)], not input_ids"
+    )
+    assert tuple(embeds.shape) == (batch, n + length, HIDDEN), (
+        f"inputs_embeds: expected (batch, n + length, h) = {(batch, n + length, HIDDEN)}, "
+        f"found {tuple(embeds.shape)}"
+    )
+    with torch.no_grad():
+        tokens = wrapper.model.get_input_embeddings()(input_ids)
+    first = wrapper.prompt.detach().expand(batch, -1, -1)
+    if not torch.equal(embeds[:, :n].detach(), first):
+        appended = torch.equal(embeds[:, -n:].detach(), first)
+        raise AssertionError(
+            ("prompt appended instead of prepended: " if appended else "")
+            + f"the first {n} positions of inputs_embeds should be the prompt (in every row "
+            "of the batch), then the input's embeddings: cat([prompt, embeds], dim=1)"
+        )
+    assert torch.equal(embeds[:, n:].detach(), tokens), (
+        "after the prompt come the input's own embeddings, model.get_input_embeddings()"
+        "(input_ids), unchanged"
+    )
+
+
+@given(sizes())
+def test_attention_mask_is_one_on_the_prompt_then_the_inputs_mask(size):
+    n, batch, length = size
+    wrapper = prompt.PromptTuning(tiny_opt(), n)
+    input_ids, attention_mask, labels = random_batch(batch, length, seed=n)
+    seen = model_call(wrapper, input_ids, attention_mask, labels)
+    mask = seen.get("attention_mask")
+    expected = torch.cat([torch.ones(batch, n, dtype=torch.long), attention_mask], dim=1)
+    assert mask is not None, (
+        "attention mask not extended: the model got no attention_mask although one was given; "
+        "pass cat([ones (batch, n), attention_mask], dim=1)"
+    )
+    assert tuple(mask.shape) == tuple(expected.shape), (
+        f"attention mask not extended: expected shape (batch, n + length) = "
+        f"{tuple(expected.shape)}, found {tuple(mask.shape)}; put n ones in front of it"
+    )
+    appended = torch.equal(mask.long(), torch.cat([attention_mask, expected[:, :n]], dim=1))
+    assert torch.equal(mask.long(), expected), (
+        ("ones appended instead of prepended: " if appended else "")
+        + f"attention_mask should be {n} ones (the prompt is always attended to), then the "
+        f"input's own mask (padding stays 0); found {mask.tolist()}"
+    )
+
+
+@given(sizes())
+def test_labels_are_minus_100_on_the_prompt_then_the_inputs_labels(size):
+    n, batch, length = size
+    wrapper = prompt.PromptTuning(tiny_opt(), n)
+    input_ids, attention_mask, labels = random_batch(batch, length, seed=n)
+    seen = model_call(wrapper, input_ids, attention_mask, labels)
+    got = seen.get("labels")
+    assert got is not None, "labels were given: pass the extended labels to the model"
+    assert tuple(got.shape) == (batch, n + length), (
+        f"labels not extended: expected shape (batch, n + length) = {(batch, n + length)}, "
+        f"found {tuple(got.shape)}; put n values of -100 in front"
+    )
+    if not (got[:, :n] == -100).all():
+        raise AssertionError(
+            f"labels not masked on the prompt: the first {n} label positions should be -100 "
+            f"(cross-entropy's ignore_index: a virtual token has no text to predict), found "
+            f"{got[:, :n].tolist()}"
+        )
+    assert torch.equal(got[:, n:], labels), (
+        "after the prompt's -100s come the input's own labels, unchanged (-100 on padding kept)"
+    )
+
+
+def test_the_prompt_is_fp32_even_on_a_bfloat16_model():
+    model = tiny_opt().to(torch.bfloat16)
+    wrapper = prompt.PromptTuning(model, N)
+    assert wrapper.prompt.dtype == torch.float32, (
+        f"expected an fp32 prompt on a bf16 model (as peft keeps it), found "
+        f"{wrapper.prompt.dtype}: copy the rows with .to(torch.float32)"
+    )
+    input_ids, _, _ = random_batch(2, 7)
+    logits = wrapper(input_ids).logits
+    assert logits.shape == (2, N + 7, VOCAB) and torch.isfinite(logits).all(), (
+        "forward on a bf16 model failed: cast the prompt to the embeddings' dtype before cat"
+    )
+
+
+def test_gradients_reach_only_the_prompt():
+    model = tiny_opt()
+    wrapper = prompt.PromptTuning(model, N)
+    input_ids, attention_mask, labels = random_batch(3, 6)
+    wrapper(input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+    grad = wrapper.prompt.grad
+    assert grad is not None and grad.abs().sum() > 0, (
+        "no gradient reached the prompt: build inputs_embeds from self.prompt itself "
+        "(not a detached copy or .data) so the loss depends on it"
+    )
+    moved = [name for name, p in model.named_parameters() if p.grad is not None]
+    assert not moved, (
+        f"the model left trainable: gradients reached {len(moved)} model parameters "
+        f"(e.g. {moved[0]}); only the prompt may get a gradient"
+    )
+
+
+def quotes_batch(tokenizer, count=3, max_length=24):
+    """A right-padded batch of the first quotes (cut to fit the tiny OPT's 128 positions with
+    the prompt), collated by exercise 06's collate."""
+    from lora_kata.tiny import PAD_ID, quote_texts
+
+    features = [
+        dict(tokenizer(text, truncation=True, max_length=max_length))
+        for text in quote_texts()[:count]
+    ]
+    return data.collate_for_causal_lm(features, PAD_ID)
+
+
+@pytest.mark.parametrize("with_mask", [True, False], ids=["padded", "no-mask"])
+def test_logits_and_loss_equal_peft_prompt_tuning_with_the_same_prompt(with_mask):
+    base = tiny_opt()
+    ours = prompt.PromptTuning(copy.deepcopy(base), N)
+    theirs = peft_prompt_tuning(base, N)
+    with torch.no_grad():
+        ours.prompt.copy_(torch.randn(N, HIDDEN) * 0.5)  # a trained-looking prompt
+        theirs.prompt_encoder["default"].embedding.weight.copy_(ours.prompt)
+    batch = quotes_batch(quotes_tokenizer())
+    if with_mask:
+        assert (batch["attention_mask"] == 0).any(), "the batch should contain padding"
+        mask = batch["attention_mask"]
+    else:
+        mask = None
+    with torch.no_grad():
+        got = ours(batch["input_ids"], attention_mask=mask, labels=batch["labels"])
+        want = theirs(input_ids=batch["input_ids"], attention_mask=mask, labels=batch["labels"])
+    rows, length = batch["input_ids"].shape
+    assert got.logits.shape == want.logits.shape == (rows, N + length, VOCAB), (
+        f"logits cover the prompt and the input: expected {(rows, N + length, VOCAB)}, found "
+        f"{tuple(got.logits.shape)}"
+    )
+    torch.testing.assert_close(
+        got.logits,
+        want.logits,
+        atol=1e-5,
+        rtol=1e-5,
+        msg=lambda m: (
+            "logits differ from peft's prompt tuning with the same prompt: prompt "
+            "prepended, mask extended with ones, model called on inputs_embeds?\n" + m
+        ),
+    )
+    assert torch.allclose(got.loss, want.loss, atol=1e-6), (
+        f"loss {got.loss.item():.6f} differs from peft's {want.loss.item():.6f}: labels must be "
+        "-100 on the prompt and the input's labels after it"
+    )
+
+
+@given(st.tuples(st.integers(1, 64), st.integers(1, 8192)).filter(lambda s: s[0] != s[1]))
+def test_prompt_tuning_count_is_n_times_h(size):
+    n, hidden = size
+    got = prompt.prompt_tuning_parameter_count(n, hidden)
+    assert got == n * hidden, (
+        f"prompt_tuning_parameter_count({n}, {hidden}): one row of h values per virtual "
+        f"token is n·h = {n * hidden}, found {got}"
+    )
+    assert type(got) is int, f"return a Python int, found {type(got).__name__}"
+
+
+@given(
+    st.tuples(st.integers(1, 64), st.integers(1, 96), st.integers(1, 8192)).filter(
+        lambda s: len(set(s)) == 3
+    )
+)
+def test_prefix_tuning_count_is_n_times_2_times_layers_times_h(size):
+    n, layers, hidden = size
+    got = prompt.prefix_tuning_parameter_count(n, layers, hidden)
+    expected = n * 2 * layers * hidden
+    assert got == expected, (
+        f"prefix_tuning_parameter_count({n}, {layers}, {hidden}) should be n·2·layers·h = "
+        f"{expected}, found {got}"
+        + (
+            ": missing the factor 2, a key AND a value per layer per virtual token"
+            if got * 2 == expected
+            else ""
+        )
+    )
+    assert type(got) is int, f"return a Python int, found {type(got).__name__}"
+
+
+def test_counts_equal_peft_trainable_parameters_on_the_tiny_opt():
+    from peft import PrefixTuningConfig, PromptTuningConfig
+
+    ours = prompt.prompt_tuning_parameter_count(N, HIDDEN)
+    wrapped, _ = counting.count_parameters(prompt.PromptTuning(tiny_opt(), N))
+    peft_prompt = peft_trainable(
+        tiny_opt(), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=N)
+    )
+    assert ours == wrapped == peft_prompt == N * HIDDEN, (
+        f"{N} virtual tokens on the tiny OPT (h={HIDDEN}): peft trains {peft_prompt}; "
+        f"prompt_tuning_parameter_count gives {ours} and PromptTuning trains {wrapped}"
+    )
+    ours = prompt.prefix_tuning_parameter_count(N, LAYERS, HIDDEN)
+    config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=N)
+    assert not config.prefix_projection, "peft's default: no reparameterisation"
+    prefix_model = peft_wrapped(tiny_opt(), config)
+    peft_prefix = prefix_model.get_nb_trainable_parameters()[0]
+    assert ours == peft_prefix, (
+        f"prefix tuning, {N} virtual tokens, {LAYERS} layers, h={HIDDEN}: peft trains "
+        f"{peft_prefix} (n·2·layers·h), found {ours}"
+        + (": missing the factor 2 (a key and a value)" if 2 * ours == peft_prefix else "")
+    )
+    # What those values are: a key/value cache of N positions in every layer, in front of the
+    # input's own keys and values.
+    cache = prefix_model.get_prompt(batch_size=1)
+    assert cache.get_seq_length() == N and len(cache.layers) == LAYERS, (
+        f"peft's prefix should be a cache of {N} positions in each of {LAYERS} layers, found "
+        f"{cache.get_seq_length()} positions in {len(cache.layers)} layers"
+    )
+    # Li & Liang's reparameterisation (prefix_projection=True) trains an MLP on top instead:
+    # an (n, h) embedding, Linear(h, e), Linear(e, 2·layers·h), with biases.
+    e = 24
+    projected = peft_trainable(
+        tiny_opt(),
+        PrefixTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=N,
+            prefix_projection=True,
+            encoder_hidden_size=e,
+        ),
+    )
+    kv = 2 * LAYERS * HIDDEN
+    expected = N * HIDDEN + (HIDDEN * e + e) + (e * kv + kv)
+    assert projected == expected > ours, (
+        f"peft's prefix_projection=True should train the (n, h) embedding and the MLP: "
+        f"{expected}, more than the {ours} stored directly; found {projected}"
+    )
+
+
+def test_opt_6_7b_20_virtual_tokens_train_81920_or_5242880_against_loras_8388608():
+    from peft import PrefixTuningConfig, PromptTuningConfig
+
+    from lora_kata.testing_models import opt_6_7b_on_meta
+
+    prompt_count = prompt.prompt_tuning_parameter_count(20, 4096)
+    prefix_count = prompt.prefix_tuning_parameter_count(20, 32, 4096)
+    lora_count = 32 * 2 * counting.lora_parameter_count(4096, 4096, 16)  # q_proj, v_proj
+    config = dict(task_type="CAUSAL_LM", num_virtual_tokens=20)
+    wrapped = peft_wrapped(opt_6_7b_on_meta(), PromptTuningConfig(**config))
+    peft_prompt, prompt_total = wrapped.get_nb_trainable_parameters()
+    wrapped = peft_wrapped(opt_6_7b_on_meta(), PrefixTuningConfig(**config))
+    peft_prefix, prefix_total = wrapped.get_nb_trainable_parameters()
+    # peft's "all params" is the frozen model plus what it trains.
+    assert prompt_total == OPT_6_7B_PARAMETERS + peft_prompt, (
+        f"peft's all params with prompt tuning: expected {OPT_6_7B_PARAMETERS} + "
+        f"{peft_prompt}, found {prompt_total} (has peft's accounting changed?)"
+    )
+    assert prefix_total == OPT_6_7B_PARAMETERS + peft_prefix, (
+        f"peft's all params with prefix tuning: expected {OPT_6_7B_PARAMETERS} + "
+        f"{peft_prefix}, found {prefix_total} (has peft's accounting changed?)"
+    )
+    assert prompt_count == peft_prompt == 81_920, (
+        f"opt-6.7b, 20 virtual tokens of prompt tuning: peft trains {peft_prompt} = 20·4096, "
+        f"prompt_tuning_parameter_count gives {prompt_count}"
+    )
+    assert prefix_count == peft_prefix == 5_242_880, (
+        f"opt-6.7b, 20 virtual tokens of prefix tuning: peft trains {peft_prefix} = "
+        f"20·2·32·4096, prefix_tuning_parameter_count gives {prefix_count}"
+        + (": missing the factor 2 (a key and a value)" if 2 * prefix_count == peft_prefix else "")
+    )
+    assert lora_count == 8_388_608, f"the tutorial's LoRA trains 8388608, found {lora_count}"
+    assert prompt_count < prefix_count < lora_count, (
+        f"expected prompt < prefix < LoRA, found {prompt_count}, {prefix_count}, {lora_count}"
+    )
