@@ -395,6 +395,12 @@ def test_position_ids_alone_let_quotes_attend_to_each_other(models):
     truth = separate_logits(model, features)
     assert largest_gap(packed_logits_per_quote(model, ours, features, 15), truth) <= 1e-5
     flat = DataCollatorWithFlattening()([{"input_ids": f["input_ids"]} for f in features])
+    assert "attention_mask" not in flat, f"the flattening collator now sends {sorted(flat)}"
+    # transformers' mask code can read quote boundaries from restarting positions ...
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    sequence = find_packed_sequence_indices(flat["position_ids"]).tolist()
+    assert sequence == [[0] * 5 + [1] * 7 + [2] * 3], f"packed sequence indices {sequence}"
     with torch.no_grad():
         logits = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"]).logits[0]
     lengths = [len(f["input_ids"]) for f in features]
@@ -405,6 +411,25 @@ def test_position_ids_alone_let_quotes_attend_to_each_other(models):
         "with position_ids alone the second quote should see the first (OPT builds a plain "
         "causal mask); if it no longer does, transformers learned packed sequences for OPT"
     )
+    # ... and without position_ids OPT derives positions from the mask, which a 4-D mask breaks.
+    with pytest.raises(IndexError), torch.no_grad():
+        model(input_ids=ours["input_ids"], attention_mask=ours["attention_mask"])
+
+
+def test_float32_min_overflows_fp16_so_the_given_helper_opens_padding_rows():
+    """finfo(float32).min is beyond fp16's range: under fp16 autocast the mask's closed
+    entries become -inf, and a padding row closed everywhere gives NaN. pack.packed_batches
+    (given) lets each padding token attend to itself; real tokens are untouched."""
+    features = make_quotes([6, 3, 5])  # max_length 8: rows [6], [3, 5] → row 0 has 2 pads
+    mask = packed(features, 8)["attention_mask"]
+    assert torch.isnan(torch.softmax(mask.half().float(), dim=-1)).any(), (
+        "expected padding rows of your mask to be closed everywhere (finfo(dtype).min), which "
+        "fp16 turns into -inf and softmax into NaN"
+    )
+    given = next(pack.packed_batches(features, iter(range(3)), 2, 8, PAD))["attention_mask"]
+    assert not torch.isnan(torch.softmax(given.half().float(), dim=-1)).any()
+    real = mask[:, 0].diagonal(dim1=-2, dim2=-1) == 0  # real tokens see themselves
+    assert torch.equal(given[:, 0][real], mask[:, 0][real]), "real tokens' rows must not change"
 
 
 # ----------------------------------------------------------------------------- finetune
