@@ -39,6 +39,8 @@ def finetune(
     warmup_steps=100,
     seed=0,
     progress=True,
+    packing: bool = False,
+    max_length: int | None = None,
 ) -> list[float]:
     """Train the injected model on the quotes for `max_steps` optimizer steps.
 
@@ -46,11 +48,17 @@ def finetune(
     at lr(step) = linear_warmup_lr(step, ...). Returns the per-step mean losses (floats).
 
     - torch.manual_seed(seed) first (LoRA dropout), so the same call twice gives the same losses.
-    - Data: tokenize_quotes(dataset, tokenizer, max_length=model.config.max_position_embeddings)
-      (the tiny OPT has only 128 positions); keep each row's input_ids and attention_mask. The
-      order: a seeded shuffle (torch.randperm with torch.Generator().manual_seed(seed)), a
-      fresh one for every pass, as many passes as max_steps × grad_accum × batch_size needs.
+    - Data: tokenize_quotes(dataset, tokenizer, max_length=max_length), where max_length
+      None means model.config.max_position_embeddings (the tiny OPT has only 128 positions)
+      and a max_length past those positions is a ValueError; keep each row's input_ids and
+      attention_mask. The order: a seeded shuffle (torch.randperm with
+      torch.Generator().manual_seed(seed)), a fresh one for every pass, as many passes as
+      max_steps × grad_accum × batch_size needs.
       Each micro-batch = collate_for_causal_lm(batch_size rows, tokenizer.pad_token_id).
+    - packing=True (exercise 11): the micro-batches come from the GIVEN
+      pack.packed_batches(features, order, batch_size, max_length, tokenizer.pad_token_id)
+      (`from .pack import packed_batches` inside finetune), where `order` yields quote indices
+      one at a time from the same seeded shuffle; each micro-batch is next() of that generator.
     - AdamW over [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0
       (the Trainer's default; torch's own default would be 0.01).
     - Schedule: LambdaLR(optimizer, lambda step: linear_warmup_lr(step, base_lr=1.0,

@@ -38,6 +38,22 @@ def _shuffled_batches(n_examples: int, batch_size: int, seed: int):
         pending = pending[batch_size:]
 
 
+def _check_max_length(max_length: int | None, model) -> int | None:
+    """The row / truncation length: max_length, by default the model's positions; a length
+    past them would index a position embedding that does not exist."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if max_length is None:
+        return positions
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+    if positions is not None and max_length > positions:
+        raise ValueError(
+            f"max_length={max_length} exceeds the model's {positions} positions "
+            "(model.config.max_position_embeddings): choose max_length ≤ that"
+        )
+    return max_length
+
+
 def finetune(
     model,
     tokenizer,
@@ -50,17 +66,21 @@ def finetune(
     warmup_steps=100,
     seed=0,
     progress=True,
+    packing: bool = False,
+    max_length: int | None = None,
 ) -> list[float]:
     """Train the injected model on the quotes for `max_steps` optimizer steps.
 
     Each step sees grad_accum micro-batches of batch_size quotes (the tutorial: 4 × 4 = 16),
     at lr(step) = linear_warmup_lr(step, ...). Returns the per-step mean losses (floats).
+    With packing (exercise 11), each micro-batch is batch_size packed rows of at most
+    max_length tokens (default: the model's positions, which also bound tokenization).
     """
     torch.manual_seed(seed)  # LoRA dropout masks: the same run twice gives the same losses
     if len(dataset) == 0:
         raise ValueError("finetune needs a non-empty dataset of quotes")
     # Truncate to the positions the model has (the built-in small OPT has only 128).
-    max_length = getattr(model.config, "max_position_embeddings", None)
+    max_length = _check_max_length(max_length, model)
     tokenized = tokenize_quotes(dataset, tokenizer, max_length=max_length)
     # Only the token columns: the collator cannot turn quote/author/tags into tensors.
     features = [
@@ -68,6 +88,11 @@ def finetune(
         for ids, mask in zip(tokenized["input_ids"], tokenized["attention_mask"], strict=True)
     ]
     batches = _shuffled_batches(len(features), batch_size, seed)
+    if packing:  # exercise 11: the same seeded shuffle, one quote at a time, packed in rows
+        from .pack import packed_batches
+
+        order = (i for (i,) in _shuffled_batches(len(features), 1, seed))
+        packed = packed_batches(features, order, batch_size, max_length, tokenizer.pad_token_id)
 
     device = _input_device(model)
     on_cuda = device.type == "cuda"
@@ -98,7 +123,11 @@ def finetune(
         bar = tqdm(range(max_steps), desc="fine-tuning", unit="step", disable=not progress)
         for _ in bar:
             micro_batches = [
-                collate_for_causal_lm([features[i] for i in next(batches)], tokenizer.pad_token_id)
+                next(packed)
+                if packing
+                else collate_for_causal_lm(
+                    [features[i] for i in next(batches)], tokenizer.pad_token_id
+                )
                 for _ in range(grad_accum)
             ]
             loss = train_step(
