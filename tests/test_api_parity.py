@@ -60,8 +60,26 @@ API = {
             "warmup_steps",
             "seed",
             "progress",
+            "packing",
+            "max_length",
         ],
         "generate": ["model", "tokenizer", "prompt", "max_new_tokens"],
+    },
+    "pack": {
+        "padding_waste": ["lengths", "batch_size"],
+        "pack_quotes": ["features", "max_length", "pad_token_id"],
+    },
+    "qlora": {
+        "nf4_code": [],
+        "quantize_nf4": ["weight", "blocksize"],
+        "dequantize_nf4": ["codes", "absmax", "shape", "blocksize"],
+        "bits_per_parameter": ["blocksize", "double_quant", "dq_blocksize"],
+        "load_in_4bit": ["name_or_path", "double_quant", "compute_dtype", "device_map"],
+    },
+    "prompt": {
+        "PromptTuning": None,
+        "prompt_tuning_parameter_count": ["num_virtual_tokens", "hidden_size"],
+        "prefix_tuning_parameter_count": ["num_virtual_tokens", "num_layers", "hidden_size"],
     },
 }
 LORA_LINEAR_METHODS = {
