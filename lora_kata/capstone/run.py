@@ -130,6 +130,7 @@ def _job(modules, name, args, world, choice, settings, device_map, options, back
     dataset, held_out = split_held_out(modules.data.load_quotes(args.data), seed=args.seed)
     before_loss = held_out_loss(modules, model, tokenizer, held_out)
     before_text = modules.finetune.generate(model, tokenizer, args.prompt, args.max_new_tokens)
+    say(f"before fine-tuning, the base model continues the prompt as:\n{before_text}\n")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -198,8 +199,7 @@ def _job(modules, name, args, world, choice, settings, device_map, options, back
         "generation": text,
     }
     say(f"metrics: {write_metrics(metrics, out / 'metrics.json')}")
-    say(f"\ngeneration (greedy, {args.max_new_tokens} new tokens at most), before fine-tuning:")
-    say(f"{before_text}\n\nafter fine-tuning:\n{text}\n")
+    say(f"\ngeneration (greedy, {args.max_new_tokens} new tokens at most):\n\n{text}\n")
     return 0
 
 
@@ -219,7 +219,7 @@ def _describe_model(say: Say, choice) -> None:
         return
     o = SMALL_OPT
     say(
-        f"model: a small OPT with random weights ({choice.why}).\n"
+        f"model: the built-in small OPT with random weights ({choice.why}).\n"
         f"       {o['num_hidden_layers']} layers, hidden {o['hidden_size']}, "
         f"{o['num_attention_heads']} heads, ffn {o['ffn_dim']}, vocab 512, RANDOM weights, "
         f"a tokenizer trained on the quotes; saved to {choice.path}.\n"
