@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -52,17 +53,17 @@ def test_a_cached_opt_125m_is_found_offline_and_preferred(tmp_path):
 
 
 def test_the_reference_cli_runs_offline_and_writes_adapter_plot_and_generation(tmp_path):
-    """`python -m solutions.finetune` from the repository, with an empty Hugging Face cache."""
+    """`python -m solutions.finetune --small` from the repository, with an empty HF cache."""
     out = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "solutions.finetune", "--max-steps", "3", "--out", str(out),
-         "--no-progress"],
+         "--no-progress", "--small"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env=clean_env(OMP_NUM_THREADS="1", HF_HUB_CACHE=str(tmp_path / "empty-cache")),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     said = done.stdout
-    assert "the built-in small OPT" in said and "not in the local Hugging Face cache" in said
+    assert "the built-in small OPT with random weights (--small)" in said, said
     assert "trainable params: " in said and " || all params: " in said
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
@@ -170,3 +171,31 @@ def test_outputs_are_written_atomically_with_the_umask_mode(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"], (
         "a temporary file was left"
     )
+
+
+def test_offline_without_a_model_the_demo_base_is_fine_tuned_and_shows_before_and_after(
+    tmp_path,
+):
+    """No --model and no cached opt-125m: the demo base (pretrained here; 20 steps instead of
+    700 for the test, which is a separate cache entry), held-out loss and generation before and
+    after training."""
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "solutions.finetune", "--max-steps", "4", "--out", str(out),
+         "--no-progress", "--max-new-tokens", "6"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env=clean_env(OMP_NUM_THREADS="1", HF_HUB_CACHE=str(tmp_path / "empty-cache"),
+                      LORA_KATA_DEMO_STEPS="20"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = done.stdout
+    assert "model: the demo base" in said and "Python's reference documentation" in said, said
+    assert "never seen a quote" in said, f"the run should say plainly what the base is:\n{said}"
+    held_out = re.search(r"held-out loss \((\d+) quotes never trained on\): ([\d.]+) before → "
+                         r"([\d.]+) after", said)  # fmt: skip
+    assert held_out, f"the run should print the held-out loss before and after:\n{said}"
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["held_out"]["quotes"] == int(held_out.group(1)) > 0, metrics["held_out"]
+    assert metrics["held_out"]["loss_before"] == pytest.approx(float(held_out.group(2)), abs=1e-4)
+    assert metrics["generation_before"].startswith("Two things are infinite: "), metrics
+    assert "before fine-tuning, the base model continues the prompt as:" in said, said

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from lora_kata.capstone.settings import LORA_SETTINGS, PROMPT, QUANTS, QUOTES, SMALL, TUTORIAL
+from lora_kata.capstone.settings import (
+    DEMO,
+    LORA_SETTINGS,
+    PROMPT,
+    QUANTS,
+    QUOTES,
+    SMALL,
+    TUTORIAL,
+)
 
 
 def launchers(module: str) -> str:
@@ -18,7 +26,7 @@ def launchers(module: str) -> str:
 
 
 def parse_args(argv=None, prog: str = "python -m solutions.finetune") -> argparse.Namespace:
-    t, s = TUTORIAL, SMALL
+    t, s, d = TUTORIAL, SMALL, DEMO
     parser = argparse.ArgumentParser(
         prog=prog,
         description=(
@@ -31,9 +39,11 @@ def parse_args(argv=None, prog: str = "python -m solutions.finetune") -> argpars
             "Defaults: with a real model (--model, or facebook/opt-125m found in the local "
             f"cache) the tutorial's {t['max_steps']} steps, warmup {t['warmup_steps']}, batch "
             f"{t['batch_size']} x accumulation {t['grad_accum']}, lr {t['lr']:g}. With the "
-            f"built-in small OPT (random weights, the offline fallback): {s['max_steps']} "
-            f"steps, warmup {s['warmup_steps']}, batch {s['batch_size']} x "
-            f"{s['grad_accum']}, lr {s['lr']:g}, seconds on a laptop CPU. When --max-steps "
+            "demo base (the offline fallback: a small OPT pretrained here once, about a "
+            f"minute, on Python's documentation): {d['max_steps']} steps, warmup "
+            f"{d['warmup_steps']}, batch {d['batch_size']} x {d['grad_accum']}, lr "
+            f"{d['lr']:g}. With --small (random weights, a pipeline check in seconds): "
+            f"{s['max_steps']} steps, warmup {s['warmup_steps']}, lr {s['lr']:g}. When --max-steps "
             "is given without --warmup-steps, warmup is half of it (the tutorial's 100 of "
             "200). On CUDA the loop runs fp16 autocast with a GradScaler; on the CPU, fp32. "
             "Example on a GPU: --model facebook/opt-6.7b. "
@@ -44,7 +54,8 @@ def parse_args(argv=None, prog: str = "python -m solutions.finetune") -> argpars
     parser.add_argument(
         "--small",
         action="store_true",
-        help="use the built-in small OPT even when facebook/opt-125m is cached",
+        help="use a small OPT with random weights (a pipeline check in seconds) instead of "
+        "facebook/opt-125m or the demo base",
     )
     parser.add_argument(
         "--quant",
@@ -118,10 +129,11 @@ def _dropout(text: str) -> float:
     return value
 
 
-def settings_for(args: argparse.Namespace, small: bool) -> dict:
+def settings_for(args: argparse.Namespace, base: str | bool) -> dict:
     """max_steps, batch_size, grad_accum, lr, warmup_steps: the flags given, else the defaults
-    for this model (the tutorial's, or the small OPT's)."""
-    defaults = SMALL if small else TUTORIAL
+    for this model: the tutorial's for a real one, DEMO for the demo base ("demo"), SMALL for
+    the random small OPT ("random", or True)."""
+    defaults = {"demo": DEMO, "random": SMALL, True: SMALL}.get(base, TUTORIAL)
     chosen = {
         key: getattr(args, key) if getattr(args, key) is not None else defaults[key]
         for key in ("max_steps", "batch_size", "grad_accum", "lr")

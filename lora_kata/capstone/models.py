@@ -1,10 +1,12 @@
 """Which model the capstone trains, and loading it the tutorial's way.
 
 Model choice: `--model` (a hub id or a local directory) if given; otherwise facebook/opt-125m
-when it is already in the local Hugging Face cache; otherwise a small OPT built here from a
-config (random weights) with a byte-level BPE tokenizer trained on data/quotes.jsonl, saved to
-<out>/base-model and loaded from there like any other model. Nothing is downloaded unless
-`--model` names a hub model that is not cached.
+when it is already in the local Hugging Face cache; otherwise the demo base: a small OPT
+pretrained on this machine (about a minute, once) on Python's documentation with the quotes
+tokenizer and cached under .lora_kata/ (lora_kata/demo_base.py), so that the fine-tune visibly
+changes it. `--small` instead takes a small OPT with random weights, saved to <out>/base-model:
+a pipeline check in seconds. Either is loaded through from_pretrained like any other model.
+Nothing is downloaded unless `--model` names a hub model that is not cached.
 """
 
 from __future__ import annotations
@@ -15,13 +17,25 @@ from pathlib import Path
 from lora_kata.capstone.pieces import load_quantized
 from lora_kata.capstone.settings import CACHED_DEFAULT, LORA_SETTINGS, SMALL_OPT
 
+DEMO, RANDOM = "demo", "random"
+
 
 @dataclass
 class ModelChoice:
     path: str  # what from_pretrained loads (hub id or directory)
     name: str  # what the adapter config records as base_model_name_or_path
-    small: bool  # the built-in small OPT with random weights
+    small: bool  # a small OPT built here (the demo base, or random weights with --small)
     why: str
+    base: str = ""  # DEMO or RANDOM for a small OPT built here, else ""
+
+    def build(self) -> None:
+        """Write the small OPT where `path` says, if it is one and is not there yet."""
+        if self.base == RANDOM:
+            build_small_opt(self.path)
+        elif self.base == DEMO:
+            from lora_kata.demo_base import demo_base_path
+
+            demo_base_path()
 
 
 def cached_snapshot(repo_id: str = CACHED_DEFAULT) -> Path | None:
@@ -76,13 +90,16 @@ def choose_model(
                 False,
                 f"found in the local Hugging Face cache: {snapshot}",
             )
+        from lora_kata.demo_base import cache_dir
+
         why = f"--model not given and {CACHED_DEFAULT} is not in the local Hugging Face cache"
+        choice = ModelChoice(str(cache_dir()), str(cache_dir()), True, why, DEMO)
     else:
-        why = "--small"
-    directory = out / "base-model"
+        directory = out / "base-model"
+        choice = ModelChoice(str(directory), str(directory), True, "--small", RANDOM)
     if build:
-        directory = build_small_opt(directory)
-    return ModelChoice(str(directory), str(directory), True, why)
+        choice.build()
+    return choice
 
 
 def load_prepared(

@@ -18,7 +18,8 @@ from pathlib import Path
 from lora_kata.capstone import distributed as dp
 from lora_kata.capstone.arguments import device_map_from, parse_args, settings_for
 from lora_kata.capstone.console import Say, gib, quiet_libraries
-from lora_kata.capstone.models import build_small_opt, choose_model, input_device, load_prepared
+from lora_kata.capstone.evaluate import held_out_loss, split_held_out
+from lora_kata.capstone.models import RANDOM, choose_model, input_device, load_prepared
 from lora_kata.capstone.outputs import plot_losses, write_metrics
 from lora_kata.capstone.pieces import PieceMissing, finetune_options, implementation_modules
 from lora_kata.capstone.settings import LORA_SETTINGS, SMALL_OPT
@@ -60,7 +61,7 @@ def _run(impl, argv) -> int:
     cuda = torch.cuda.is_available()
     # Everything that can be refused is checked before a process group or a model exists.
     choice = choose_model(args.model, Path(args.out), small=args.small, build=False)
-    settings = settings_for(args, choice.small)
+    settings = settings_for(args, choice.base)
     dp.check_grad_accum(settings["grad_accum"], world)
     device_map = dp.device_map_for(world, device_map_from(args.device_map), cuda=cuda)
     options = finetune_options(modules.finetune.finetune, args)
@@ -80,12 +81,11 @@ def _job(modules, name, args, world, choice, settings, device_map, options, back
     say(f"LoRA kata capstone · implementation: {name}")
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
-        if choice.small:
-            build_small_opt(choice.path)
+        choice.build()
     dp.barrier(world)  # the other ranks load the small OPT only once rank 0 has written it
     if choice.small and not (Path(choice.path) / "config.json").is_file():
         raise dp.UsageError(
-            f"rank {world.rank} cannot see the built-in small OPT that rank 0 wrote to "
+            f"rank {world.rank} cannot see the small OPT that rank 0 wrote to "
             f"{choice.path}: on several machines put --out on a shared file system, or pass "
             "--model (a hub id cached on every machine, or a shared directory)."
         )
@@ -127,7 +127,10 @@ def _job(modules, name, args, world, choice, settings, device_map, options, back
             f"{settings['grad_accum'] // world.size} micro-batch(es) of each step per process"
         )
 
-    dataset = modules.data.load_quotes(args.data)
+    dataset, held_out = split_held_out(modules.data.load_quotes(args.data), seed=args.seed)
+    before_loss = held_out_loss(modules, model, tokenizer, held_out)
+    before_text = modules.finetune.generate(model, tokenizer, args.prompt, args.max_new_tokens)
+    say(f"before fine-tuning, the base model continues the prompt as:\n{before_text}\n")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -154,6 +157,12 @@ def _job(modules, name, args, world, choice, settings, device_map, options, back
     peak_bytes = torch.cuda.max_memory_allocated() if cuda else None
     losses = [float(x) for x in losses]
     _report_losses(say, losses, train_seconds, peak_bytes)
+    after_loss = held_out_loss(modules, model, tokenizer, held_out)
+    if before_loss is not None and after_loss is not None:
+        say(
+            f"held-out loss ({len(held_out)} quotes never trained on): "
+            f"{before_loss:.4f} before → {after_loss:.4f} after"
+        )
     if not world.main:
         return 0
 
@@ -162,7 +171,9 @@ def _job(modules, name, args, world, choice, settings, device_map, options, back
         model, adapter_dir, lora_config, base_model_name_or_path=choice.name
     )
     say(f"adapter (peft format): {adapter_dir}")
-    shown = "the built-in small OPT (random weights)" if choice.small else choice.name
+    shown = {RANDOM: "a small OPT with random weights", "demo": "the demo base"}.get(
+        choice.base, choice.name
+    )
     say(f"loss curve: {plot_losses(losses, out / 'loss.png', f'LoRA fine-tune of {shown}')}")
     text = modules.finetune.generate(model, tokenizer, args.prompt, args.max_new_tokens)
     metrics = {
@@ -170,6 +181,9 @@ def _job(modules, name, args, world, choice, settings, device_map, options, back
         "model": choice.name,
         "model_source": choice.why,
         "small_builtin_model": choice.small,
+        "small_base": choice.base or None,
+        "held_out": {"quotes": len(held_out), "loss_before": before_loss, "loss_after": after_loss},
+        "generation_before": before_text,
         "device": str(device),
         "quant": args.quant,
         "lora": LORA_SETTINGS | {"lora_dropout": args.lora_dropout},
@@ -193,9 +207,19 @@ def _describe_model(say: Say, choice) -> None:
     if not choice.small:
         say(f"model: {choice.name} ({choice.why})")
         return
+    if choice.base == "demo":
+        from lora_kata.demo_base import DESCRIPTION
+
+        say(
+            f"model: the demo base ({choice.why}):\n       {DESCRIPTION}; cached in "
+            f"{choice.path}.\n       Fine-tuning on the quotes changes it visibly: watch the "
+            "held-out loss and the two generations. For the tutorial's model pass "
+            "--model facebook/opt-6.7b on a GPU."
+        )
+        return
     o = SMALL_OPT
     say(
-        f"model: the built-in small OPT ({choice.why}).\n"
+        f"model: the built-in small OPT with random weights ({choice.why}).\n"
         f"       {o['num_hidden_layers']} layers, hidden {o['hidden_size']}, "
         f"{o['num_attention_heads']} heads, ffn {o['ffn_dim']}, vocab 512, RANDOM weights, "
         f"a tokenizer trained on the quotes; saved to {choice.path}.\n"
