@@ -75,7 +75,9 @@ def four_bit_snapshot(model) -> dict[str, tuple]:
             stats = [state.absmax]
             if state.nested:
                 stats += [state.state2.absmax, state.offset]
-            snapshot[name.removesuffix(".base")] = tuple(t.detach().clone() for t in [module.weight.data, *stats])
+            snapshot[name.removesuffix(".base")] = tuple(
+                t.detach().clone() for t in [module.weight.data, *stats]
+            )
     return snapshot
 
 
@@ -90,12 +92,17 @@ def bnb_nf4_flat(weight, blocksize: int = 64):
     import bitsandbytes.functional as F
     import torch
 
-    flat = weight.detach().flatten().to(torch.float32).contiguous()
-    packed, state = F.quantize_4bit(flat, blocksize=blocksize, quant_type="nf4")
-    values = F.dequantize_4bit(packed, state, quant_type="nf4").flatten()
+    flat = weight.detach().flatten().to(torch.float32)
+    n = flat.numel()
+    # An odd length sends bitsandbytes' CPU dequantize to a torch.compile'd fallback that
+    # recompiles for every new length (seconds each). One trailing zero keeps the length even
+    # and changes nothing: it cannot raise its block's absmax, and it is cut off again.
+    padded = torch.nn.functional.pad(flat, (0, n % 2)).contiguous()
+    packed, state = F.quantize_4bit(padded, blocksize=blocksize, quant_type="nf4")
+    values = F.dequantize_4bit(packed, state, quant_type="nf4").flatten()[:n]
     packed = packed.flatten()
     # Two codes per byte, the first element in the high nibble.
-    codes = torch.stack([packed >> 4, packed & 0xF], dim=1).flatten()[: flat.numel()]
+    codes = torch.stack([packed >> 4, packed & 0xF], dim=1).flatten()[:n]
     return codes, state.absmax, values
 
 
