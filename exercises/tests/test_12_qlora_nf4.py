@@ -117,11 +117,10 @@ def test_nf4_code_has_16_ascending_levels_from_minus_one_to_one_with_an_exact_ze
         "negative and 0"
     )
     assert bool((code.diff() > 0).all()), f"the levels should be strictly ascending: {code}"
-    assert code[0].item() == pytest.approx(-1, abs=TABLE_TOL) and code[-1].item() == pytest.approx(
-        1, abs=TABLE_TOL
-    ), (
-        f"the levels should run from -1 to 1, found {code[0].item():.7f} .. "
-        f"{code[-1].item():.7f}: divide every quantile by the largest"
+    lowest, highest = code[0].item(), code[-1].item()
+    assert abs(lowest + 1) <= TABLE_TOL and abs(highest - 1) <= TABLE_TOL, (
+        f"the levels should run from -1 to 1, found {lowest:.7f} .. {highest:.7f}: divide "
+        "every quantile by the largest"
     )
     mistake = describe_levels(code)
     assert mistake is None, mistake
@@ -236,12 +235,10 @@ def test_a_block_of_zeros_comes_back_as_zeros():
         "a block of zeros has absmax 0: dividing by it gives NaN. Divide by 1 instead (or skip "
         "it): its codes must be the level 0"
     )
-    zero_level = levels()[codes[:64].long()]
-    assert bool((zero_level == 0).all()), (
-        f"the codes of a block of zeros should all point at the level 0 (index "
-        f"{int(levels().abs().argmin())}), found levels {sorted(set(zero_level.tolist()))}"
+    assert absmax[0].item() == 0.0, f"a block of zeros has absmax 0, found {absmax[0].item()}"
+    assert torch.equal(back[:64], torch.zeros(64)), (
+        f"zeros should come back as exact zeros, found {back[:64].unique().tolist()}"
     )
-    assert torch.equal(back[:64], torch.zeros(64)), "zeros should come back as exact zeros"
 
 
 def test_bitsandbytes_2d_dequantize_is_wrong_when_rows_are_not_whole_blocks():
