@@ -336,8 +336,14 @@ def checkpoint():
 
 def test_load_in_4bit_quantizes_every_decoder_linear_to_nf4(checkpoint):
     import bitsandbytes as bnb
+    from transformers import BitsAndBytesConfig
 
     loaded = qlora.load_in_4bit(str(checkpoint), double_quant=False)
+    # Lesson 12's warning: asking for 4 bits alone gives FP4.
+    default = BitsAndBytesConfig(load_in_4bit=True).bnb_4bit_quant_type
+    assert default == "fp4", (
+        f"transformers' default 4-bit type is now {default!r}, not 'fp4': update lesson 12"
+    )
     reference = load_tiny_opt_in_4bit(checkpoint)
     expected = linear4bit_module_names(reference)
     assert linear4bit_module_names(loaded) == expected, (
@@ -356,7 +362,9 @@ def test_load_in_4bit_quantizes_every_decoder_linear_to_nf4(checkpoint):
             "fp4; pass bnb_4bit_quant_type='nf4'"
         )
         assert not state.nested, f"{name}: double_quant=False should give no double quantization"
-        assert torch.equal(module.weight.data, reference.get_submodule(name).weight.data)
+        assert torch.equal(module.weight.data, reference.get_submodule(name).weight.data), (
+            f"{name}'s packed 4-bit weight should equal an NF4 load of the same checkpoint"
+        )
     nested = qlora.load_in_4bit(str(checkpoint))
     state = nested.get_submodule(expected[0]).weight.quant_state
     assert state.nested, (
