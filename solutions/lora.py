@@ -57,9 +57,8 @@ class LoRALinear(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not hasattr(base, "in_features") or not hasattr(base, "out_features"):
             raise TypeError(
-                f"LoRALinear wraps a linear layer (nn.Linear, or bitsandbytes Linear8bitLt or "
-                f"Linear4bit), "
-                f"got {type(base).__name__}"
+                "LoRALinear wraps a linear layer (nn.Linear, or bitsandbytes Linear8bitLt or "
+                f"Linear4bit), got {type(base).__name__}"
             )
         self.base = base
         self.r = r
