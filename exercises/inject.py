@@ -1,6 +1,6 @@
 """Finding target modules and injecting LoRA (exercise 04); merging a whole model (exercise 05).
 
-    for each target name n (an nn.Linear or a bitsandbytes Linear8bitLt):
+    for each target name n (an nn.Linear, or a bitsandbytes Linear8bitLt or Linear4bit):
         model.n  ←  LoRALinear(base=model.n, r, lora_alpha, lora_dropout)     # same dotted name
     trainable = every lora_A and lora_B  ∪  the biases chosen by `bias`;  all else frozen
 
@@ -63,7 +63,8 @@ def inject_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
        anything:
        - no names → ValueError that shows config.target_modules;
        - a name that is (or lies inside) a LoRALinear → ValueError: LoRA is already injected;
-       - a module that is not an nn.Linear (bitsandbytes' Linear8bitLt is a subclass of it)
+       - a module that is not an nn.Linear (bitsandbytes' Linear8bitLt and Linear4bit are
+         subclasses of it)
          → TypeError naming it.
     2. Freeze every parameter of the model (requires_grad_(False)).
     3. For each name "a.b.c": parent = model.get_submodule("a.b"); setattr(parent, "c", lora).

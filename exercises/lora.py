@@ -27,7 +27,8 @@ def lora_scaling(alpha: float, r: int, *, rslora: bool = False) -> float:
 
 
 def _is_int8(base: nn.Module) -> bool:
-    """True for a bitsandbytes 8-bit layer (its weight is int8, or will be once on a GPU)."""
+    """True for a bitsandbytes quantized layer: Linear8bitLt (its weight is int8, or will be once
+    on a GPU) or Linear4bit (its weight is NF4 codes packed two to a uint8)."""
     weight = getattr(base, "weight", None)
     if weight is not None and not weight.is_floating_point():
         return True
@@ -43,7 +44,7 @@ class LoRALinear(nn.Module):
     """
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0):
-        """Wrap `base` (nn.Linear or bitsandbytes Linear8bitLt) without copying it.
+        """Wrap `base` (nn.Linear, or bitsandbytes Linear8bitLt / Linear4bit) without copying it.
 
         - ValueError for r that is not an int ≥ 1 (a bool is not a rank), alpha ≤ 0, or
           dropout outside [0, 1).
@@ -89,7 +90,7 @@ class LoRALinear(nn.Module):
     def merge(self) -> None:
         """W0 ← W0 + ΔW, once (a second merge does nothing); then self.merged = True.
 
-        TypeError (saying why and what to do) if the base is 8-bit: see _is_int8.
+        TypeError (saying why and what to do) if the base is 8-bit or 4-bit: see _is_int8.
         """
         # TODO(05): add the update into base.weight, in base.weight's dtype.
         raise NotImplementedError("Exercise 05: LoRALinear.merge")

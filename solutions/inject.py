@@ -97,11 +97,12 @@ def inject_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
                 f"{name} already has LoRA (inject_lora was called twice on this model?): "
                 f"inject once, or start again from a fresh model"
             )
-        # bitsandbytes' Linear8bitLt subclasses nn.Linear: no bitsandbytes import needed.
+        # bitsandbytes' Linear8bitLt and Linear4bit subclass nn.Linear: no bitsandbytes import.
         if not isinstance(module, nn.Linear):
             raise TypeError(
-                f"target {name} is a {type(module).__name__}, not a linear layer (nn.Linear or "
-                f"Linear8bitLt): narrow target_modules {_describe(config.target_modules)}"
+                f"target {name} is a {type(module).__name__}, not a linear layer (nn.Linear, "
+                f"Linear8bitLt or Linear4bit): narrow target_modules "
+                f"{_describe(config.target_modules)}"
             )
     # Freeze first, then inject: the new lora_A/lora_B are created trainable.
     for param in model.parameters():

@@ -27,7 +27,8 @@ def lora_scaling(alpha: float, r: int, *, rslora: bool = False) -> float:
 
 
 def _is_int8(base: nn.Module) -> bool:
-    """True for a bitsandbytes 8-bit layer (its weight is int8, or will be once on a GPU)."""
+    """True for a bitsandbytes quantized layer: Linear8bitLt (its weight is int8, or will be once
+    on a GPU) or Linear4bit (its weight is NF4 codes packed two to a uint8)."""
     weight = getattr(base, "weight", None)
     if weight is not None and not weight.is_floating_point():
         return True
@@ -56,8 +57,8 @@ class LoRALinear(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not hasattr(base, "in_features") or not hasattr(base, "out_features"):
             raise TypeError(
-                f"LoRALinear wraps a linear layer (nn.Linear or bitsandbytes Linear8bitLt), "
-                f"got {type(base).__name__}"
+                "LoRALinear wraps a linear layer (nn.Linear, or bitsandbytes Linear8bitLt or "
+                f"Linear4bit), got {type(base).__name__}"
             )
         self.base = base
         self.r = r
@@ -112,9 +113,9 @@ class LoRALinear(nn.Module):
             return
         if _is_int8(self.base):
             raise TypeError(
-                "cannot merge LoRA into an 8-bit (bitsandbytes) layer: int8 weights cannot "
-                "hold W0 + ΔW exactly. Keep the adapter unmerged, or load the base model in "
-                "fp16/fp32 and merge there."
+                "cannot merge LoRA into an 8-bit or 4-bit (bitsandbytes) layer: int8 or NF4 "
+                "weights cannot hold W0 + ΔW exactly. Keep the adapter unmerged, or load the "
+                "base model in fp16/fp32 and merge there."
             )
         weight = self.base.weight
         weight += self.delta_weight().to(weight.dtype)
