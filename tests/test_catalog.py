@@ -37,8 +37,8 @@ def test_catalogue_is_valid():
     assert not problems, "\n".join(problems)
 
 
-def test_the_kata_has_ten_exercises():
-    assert [e.id for e in load_catalog()] == [f"{i:02d}" for i in range(1, 11)]
+def test_the_kata_has_thirteen_exercises():
+    assert [e.id for e in load_catalog()] == [f"{i:02d}" for i in range(1, 14)]
 
 
 def test_every_stub_is_catalogued_and_every_catalogued_function_is_a_stub():
