@@ -15,6 +15,7 @@ trained, both fall by at least 0.021.
 import json
 import math
 import os
+import warnings
 from collections import Counter
 from types import SimpleNamespace
 
@@ -521,8 +522,20 @@ def test_the_command_line_runs_the_whole_job(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     argv = ["--max-steps", "2", "--out", str(out), "--no-progress", "--max-new-tokens", "8",
             "--batch-size", "2", "--grad-accum", "2"]  # fmt: skip
-    assert cli.main(current(), argv) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(current(), argv) == 0
     printed = capsys.readouterr().out
+    # Python prints FutureWarnings by default: a deprecated checkpointing call would show.
+    deprecated = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, FutureWarning) and "checkpointing" in str(w.message)
+    ]
+    assert not deprecated, (
+        f"the run printed a deprecation warning: {deprecated[0][:120]!r} (07: call "
+        "activation_checkpointing_enable, not its deprecated alias gradient_checkpointing_enable)"
+    )
     small = cli.SMALL_OPT
     trainable = small["num_hidden_layers"] * 2 * 16 * (2 * small["hidden_size"])
     assert f"trainable params: {trainable} || all params: " in printed, (
