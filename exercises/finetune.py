@@ -83,7 +83,7 @@ def generate(model, tokenizer, prompt=PROMPT, max_new_tokens=50) -> str:
       one.
     - Return tokenizer.decode(output[0], skip_special_tokens=True).
     """
-    # TODO(10): eval mode, cache on, greedy model.generate, decode the whole sequence.
+    # TODO(10): eval mode, cache on, greedy model.generate stopping at EOS, decode it all.
     raise NotImplementedError("Exercise 10: generate")
 
 

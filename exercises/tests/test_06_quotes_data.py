@@ -1,8 +1,9 @@
 """Exercise 06: the quotes data pipeline (exercises/data.py).
 
 load_quotes reads data/quotes.jsonl (or reports exactly what is wrong with a file),
-tokenize_quotes is the tutorial's batched map, collate_for_causal_lm right-pads and masks
-labels by attention_mask. Each test name is the rule it checks. Broken files are written into
+tokenize_quotes is the tutorial's batched map plus one EOS at the end of every quote (kept when
+truncating), collate_for_causal_lm right-pads and masks labels by attention_mask, so that EOS
+stays a label. Each test name is the rule it checks. Broken files are written into
 pytest's tmp_path; nothing touches the network.
 """
 
@@ -179,8 +180,13 @@ def with_one_eos(ids, eos, max_length=None):
 
 def eos_mistake(got, plain, eos, max_length=None):
     """Name the usual EOS mistake that turns `plain` (the tokenizer's ids) into `got`."""
-    cut = plain[:max_length] if max_length is not None else plain
-    if got in (plain, cut) and plain[-1:] != [eos]:
+    truncated = max_length is not None and len(plain) >= max_length
+    if truncated and got == plain[:max_length] and plain[-1:] != [eos]:
+        return (
+            "EOS lost by truncation (or never appended): the row was cut to max_length with no "
+            "EOS last; keep the first max_length - 1 tokens, then EOS"
+        )
+    if got == plain and plain[-1:] != [eos]:
         return (
             "EOS missing: the row ends without tokenizer.eos_token_id (OPT's tokenizer puts "
             "</s> only in front); append it to every quote, or the model never learns to stop"
@@ -300,9 +306,10 @@ def test_tokenize_maps_in_batches_like_the_tutorial():
     recording = RecordingTokenizer(quotes_tokenizer())
     data.tokenize_quotes(dataset, recording)
     assert recording.inputs, "tokenize_quotes never called the tokenizer it was given"
-    assert all(kind == "list" for kind in recording.inputs), (
+    calls, kinds = len(recording.inputs), set(recording.inputs)
+    assert kinds == {"list"} and calls < len(dataset), (
         f"the tokenizer should get lists of quotes (map(..., batched=True)), but it got "
-        f"{sorted(set(recording.inputs))} — {len(recording.inputs)} calls for "
+        f"{sorted(kinds)} — {calls} calls for "
         f"{len(dataset)} quotes: mapping row by row is the tutorial's batched=True left out"
     )
 
