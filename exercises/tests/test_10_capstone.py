@@ -216,8 +216,18 @@ def check_trainable_is_the_formula(run):
 
 def check_generation(model, tokenizer, prompt=PROMPT, max_new_tokens=12):
     model.train()  # as after training: generate must switch dropout off itself
-    text = finetune.generate(model, tokenizer, prompt, max_new_tokens)
+    recorder = ForwardRecorder(model)
+    try:
+        text = finetune.generate(model, tokenizer, prompt, max_new_tokens)
+    finally:
+        recorder.remove()
     assert isinstance(text, str), f"generate should return a str, got {type(text).__name__}"
+    # Checked directly: a briefly trained tiny model may pick the same tokens with dropout on.
+    in_training = sum(call.training for call in recorder.calls)
+    assert recorder.calls and not in_training, (
+        f"generate ran {in_training} of {len(recorder.calls)} forward passes in training mode "
+        "(LoRA dropout on): call model.eval() before model.generate, and restore the mode after"
+    )
     assert text.startswith(prompt), (
         f"the generation should start with the prompt {prompt!r} (decode the whole output "
         f"sequence, with skip_special_tokens=True), got {text[:60]!r}"
