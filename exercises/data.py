@@ -4,8 +4,10 @@ The tutorial's three lines, made explicit:
 
     data = load_dataset("Abirate/english_quotes")
     data = data.map(lambda samples: tokenizer(samples["quote"]), batched=True)
-    data_collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    Trainer(..., data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
 
+plus one thing the tutorial left out: an end-of-sequence token after every quote, so that the
+fine-tuned model learns where a quote ends (the tutorial's own sample output runs on past it).
 A causal LM shifts inside its loss (the logits at t are scored against labels[t + 1]), so
 labels = input_ids, unshifted, with -100 (cross-entropy's ignore_index) on padding only.
 Lesson: lessons/en/06-quotes-data.md.
@@ -72,16 +74,27 @@ def load_quotes(path: str | os.PathLike = DEFAULT_PATH):
 
 
 def tokenize_quotes(dataset, tokenizer, max_length: int | None = None):
-    """Add input_ids and attention_mask, tokenized from the "quote" column.
+    """Add input_ids and attention_mask, tokenized from the "quote" column, every row ending
+    with exactly one end-of-sequence token, eos = tokenizer.eos_token_id.
 
-    - The tutorial's batched map: dataset.map(lambda samples: tokenizer(samples["quote"]),
-      batched=True) — the tokenizer gets a list of quotes per call, not one at a time.
-    - With max_length: tokenizer(..., truncation=True, max_length=max_length). Without: no
-      truncation.
-    - Keep the other columns (quote, author, tags) and the row order: the tutorial kept them
-      too, and collate_for_causal_lm ignores them.
+    - The tutorial's batched map: dataset.map(fn, batched=True). fn gets a batch of rows
+      (samples["quote"] is a list of quotes) and tokenizes that list in one call,
+      tokenizer(samples["quote"]), not one quote at a time.
+    - EOS: OPT's tokenizer puts </s> only in front of a text, so nothing marks where a quote
+      ends, and a model fine-tuned on such rows never learns to stop (the tutorial's sample
+      generation runs on past its quote). Append eos to every row's input_ids and a 1 to its
+      attention_mask, unless the row already ends with eos (some tokenizers append it
+      themselves): one EOS, never two.
+    - With max_length: a row longer than max_length keeps its first max_length - 1 tokens and
+      then eos, so it has exactly max_length tokens with EOS last. (Appending eos after
+      tokenizer(..., truncation=True, max_length=max_length) makes rows one too long; cutting
+      after appending cuts the EOS off.) Without max_length: no truncation.
+    - fn returns {"input_ids": [...], "attention_mask": [...]}, one list per quote: map keeps
+      the other columns (quote, author, tags) and the row order, as the tutorial's did;
+      collate_for_causal_lm ignores them.
+    - A tokenizer whose eos_token_id is None: ValueError saying so.
     """
-    # TODO(06): map the tokenizer over "quote" in batches, truncating when max_length is given.
+    # TODO(06): batched map over "quote": tokenize, append one EOS, cut to max_length, EOS last.
     raise NotImplementedError("Exercise 06: tokenize_quotes")
 
 

@@ -79,14 +79,19 @@ def generate(model, tokenizer, prompt=PROMPT, max_new_tokens=50) -> str:
 
     - Tokenize the prompt (return_tensors="pt"); pass only input_ids and attention_mask,
       moved to _input_device(model).
-    - model.eval() and model.config.use_cache = True (the tutorial: "Please re-enable for
-      inference!"), then model.generate(..., max_new_tokens=max_new_tokens, do_sample=False,
-      pad_token_id=tokenizer.pad_token_id) under torch.no_grad() — and, on CUDA, inside
+    - model.eval() and model.config.use_cache = True (the PEFT example notebook: "Please
+      re-enable for inference!"), then model.generate(..., max_new_tokens=max_new_tokens,
+      do_sample=False, pad_token_id=tokenizer.pad_token_id,
+      eos_token_id=tokenizer.eos_token_id) under torch.no_grad() — and, on CUDA, inside
       torch.autocast("cuda", dtype=torch.float16) as the tutorial did. Restore the mode and
       use_cache afterwards.
+    - Stop at EOS: the quotes were trained with an EOS at their end (exercise 06), so
+      generation ends when the model emits it, before max_new_tokens. Pass
+      eos_token_id=tokenizer.eos_token_id yourself: a model's generation config need not name
+      one.
     - Return tokenizer.decode(output[0], skip_special_tokens=True).
     """
-    # TODO(10): eval mode, cache on, greedy model.generate, decode the whole sequence.
+    # TODO(10): eval mode, cache on, greedy model.generate stopping at EOS, decode it all.
     raise NotImplementedError("Exercise 10: generate")
 
 

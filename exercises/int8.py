@@ -2,9 +2,11 @@
 
 LLM.int8() (Dettmers et al. 2022, arXiv:2208.07339) stores every nn.Linear weight of the
 decoder as int8 with one absmax scale per row, and multiplies the few outlier features in fp16.
-A model loaded that way needs care before anything can be trained through it; the tutorial did
-it by hand (freeze, cast layer norms to fp32, checkpointing, input grads, CastOutputToFloat),
-peft does most of it in prepare_model_for_kbit_training.
+A model loaded that way needs care before anything can be trained through it. The tutorial
+made one call for it, peft's prepare_model_for_int8_training(model) (since removed; today
+prepare_model_for_kbit_training); the PEFT example notebook it follows did the steps by hand
+(freeze, cast the 1-D parameters to fp32, checkpointing, input grads, CastOutputToFloat).
+Here you write those steps yourself.
 Lesson: lessons/en/07-int8-preparation.md.
 """
 
@@ -37,9 +39,15 @@ def prepare_for_int8_training(
     3. Make the input embeddings' output require grad, always: a forward hook on
        model.get_input_embeddings() that calls output.requires_grad_(True)
        (or model.enable_input_require_grads()).
-    4. If use_gradient_checkpointing:
-       model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    5. Make lm_head's output float32 (the tutorial's CastOutputToFloat): e.g. a forward hook on
+    4. If use_gradient_checkpointing, turn on non-reentrant activation (gradient)
+       checkpointing with
+         model.activation_checkpointing_enable(
+             activation_checkpointing_kwargs={"use_reentrant": False})
+       Older transformers lack it and have model.gradient_checkpointing_enable(
+       gradient_checkpointing_kwargs={"use_reentrant": False}); transformers 5.24 keeps that
+       old name only as a deprecated alias (it warns: removed in v6), so call it only when
+       hasattr(model, "activation_checkpointing_enable") is False.
+    5. Make lm_head's output float32 (the PEFT example's CastOutputToFloat): a forward hook on
        model.get_output_embeddings() that returns output.float(). Do not change its weight.
     """
     # TODO(07): freeze, upcast 16-bit non-int8 params, hook the embeddings, checkpoint, fp32 logits.

@@ -4,8 +4,10 @@ The tutorial's three lines, made explicit:
 
     data = load_dataset("Abirate/english_quotes")
     data = data.map(lambda samples: tokenizer(samples["quote"]), batched=True)
-    data_collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    Trainer(..., data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
 
+plus one thing the tutorial left out: an end-of-sequence token after every quote, so that the
+fine-tuned model learns where a quote ends (the tutorial's own sample output runs on past it).
 A causal LM shifts inside its loss (the logits at t are scored against labels[t + 1]), so
 labels = input_ids, unshifted, with -100 (cross-entropy's ignore_index) on padding only.
 Lesson: lessons/en/06-quotes-data.md.
@@ -123,16 +125,43 @@ def load_quotes(path: str | os.PathLike = DEFAULT_PATH):
 
 
 def tokenize_quotes(dataset, tokenizer, max_length: int | None = None):
-    """Add input_ids and attention_mask, tokenized from "quote" in batches (as the tutorial).
+    """Add input_ids and attention_mask, tokenized from "quote" in batches (as the tutorial),
+    each row ending with exactly one tokenizer.eos_token_id, also when truncated to max_length.
 
     The other columns are kept, as the tutorial's map kept them (its Trainer dropped them
-    later); collate_for_causal_lm ignores them. With max_length, sequences are truncated to it.
+    later); collate_for_causal_lm ignores them.
     """
     if "quote" not in dataset.column_names:
         raise ValueError(f"the dataset has no quote column (columns: {dataset.column_names})")
-    options = {"truncation": True, "max_length": max_length} if max_length is not None else {}
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(
+            "the tokenizer has no eos_token_id: give it one (tokenizer.eos_token = ...), or the "
+            "model never sees where a quote ends and never learns to stop"
+        )
+    if max_length is not None and max_length < 2:
+        raise ValueError(f"max_length must leave room for a token and EOS (≥ 2), got {max_length}")
+
+    def with_eos(samples):
+        # No truncation here: EOS goes on first, then a long row is cut to max_length - 1
+        # tokens plus EOS. tokenizer(..., truncation=True) would cut the EOS itself off.
+        encoded = tokenizer(samples["quote"])
+        rows = encoded["input_ids"]
+        all_masks = encoded.get("attention_mask") or [[1] * len(row) for row in rows]
+        ids, masks = [], []
+        for row, mask in zip(rows, all_masks, strict=True):
+            # OPT's tokenizer puts </s> only in front; some (LLaMA's with add_eos_token)
+            # already end with it: one EOS, never two.
+            if not row or row[-1] != eos:
+                row, mask = [*row, eos], [*mask, 1]
+            if max_length is not None and len(row) > max_length:
+                row, mask = [*row[: max_length - 1], eos], mask[:max_length]
+            ids.append(row)
+            masks.append(mask)
+        return {"input_ids": ids, "attention_mask": masks}
+
     # batched=True hands the tokenizer 1,000 quotes at a time: one fast Rust call, not 1,000.
-    return dataset.map(lambda samples: tokenizer(samples["quote"], **options), batched=True)
+    return dataset.map(with_eos, batched=True)
 
 
 def collate_for_causal_lm(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:

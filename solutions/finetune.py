@@ -116,7 +116,7 @@ def finetune(
     autocast_dtype = torch.float16 if on_cuda else None
 
     use_cache, was_training = model.config.use_cache, model.training
-    model.config.use_cache = False  # as the tutorial: no KV cache while training
+    model.config.use_cache = False  # as the PEFT example: no KV cache while training
     model.train()
     losses: list[float] = []
     try:
@@ -171,6 +171,9 @@ def generate(model, tokenizer, prompt=PROMPT, max_new_tokens=50) -> str:
                 do_sample=False,  # greedy: the same text every time
                 use_cache=True,
                 pad_token_id=tokenizer.pad_token_id,
+                # Stop where the quotes stopped in training (06 ends each with EOS), even when
+                # the model's own generation config names no EOS.
+                eos_token_id=tokenizer.eos_token_id,
             )
     finally:
         model.config.use_cache = use_cache

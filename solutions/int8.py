@@ -2,9 +2,11 @@
 
 LLM.int8() (Dettmers et al. 2022, arXiv:2208.07339) stores every nn.Linear weight of the
 decoder as int8 with one absmax scale per row, and multiplies the few outlier features in fp16.
-A model loaded that way needs care before anything can be trained through it; the tutorial did
-it by hand (freeze, cast layer norms to fp32, checkpointing, input grads, CastOutputToFloat),
-peft does most of it in prepare_model_for_kbit_training.
+A model loaded that way needs care before anything can be trained through it. The tutorial
+made one call for it, peft's prepare_model_for_int8_training(model) (since removed; today
+prepare_model_for_kbit_training); the PEFT example notebook it follows did the steps by hand
+(freeze, cast the 1-D parameters to fp32, checkpointing, input grads, CastOutputToFloat).
+Here you write those steps yourself.
 Lesson: lessons/en/07-int8-preparation.md.
 """
 
@@ -35,6 +37,16 @@ def _cast_output_to_fp32(module, args, output):
     return output.float()
 
 
+def _enable_checkpointing(model: nn.Module, kwargs: dict) -> None:
+    """activation_checkpointing_enable where it exists (transformers 5.24: non-reentrant by
+    default, said explicitly anyway); older releases only have gradient_checkpointing_enable,
+    which 5.24 keeps as a deprecated alias that warns of its removal in v6."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def prepare_for_int8_training(
     model: nn.Module, use_gradient_checkpointing: bool = True
 ) -> nn.Module:
@@ -54,8 +66,10 @@ def prepare_for_int8_training(
     if use_gradient_checkpointing:
         # Keep each block's input only and recompute the rest in backward; use_reentrant=False
         # is the variant PyTorch recommends (works with frozen inputs and torch.autograd.grad).
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    # The tutorial's CastOutputToFloat, as a hook so that module names do not change: logits
+        # transformers hooks the input embeddings here too; ours above also covers the
+        # no-checkpointing case.
+        _enable_checkpointing(model, {"use_reentrant": False})
+    # The PEFT example's CastOutputToFloat, as a hook so that module names do not change: logits
     # feed a softmax over the whole vocabulary, which fp16 does not hold well.
     model.get_output_embeddings().register_forward_hook(_cast_output_to_fp32)
     return model

@@ -1,8 +1,9 @@
 """Exercise 06: the quotes data pipeline (exercises/data.py).
 
 load_quotes reads data/quotes.jsonl (or reports exactly what is wrong with a file),
-tokenize_quotes is the tutorial's batched map, collate_for_causal_lm right-pads and masks
-labels by attention_mask. Each test name is the rule it checks. Broken files are written into
+tokenize_quotes is the tutorial's batched map plus one EOS at the end of every quote (kept when
+truncating), collate_for_causal_lm right-pads and masks labels by attention_mask, so that EOS
+stays a label. Each test name is the rule it checks. Broken files are written into
 pytest's tmp_path; nothing touches the network.
 """
 
@@ -169,22 +170,111 @@ def small_dataset():
     )
 
 
+def with_one_eos(ids, eos, max_length=None):
+    """The rule: ids, then eos unless ids already end with it; cut to max_length, EOS last."""
+    ids = list(ids) if ids and ids[-1] == eos else [*ids, eos]
+    if max_length is not None and len(ids) > max_length:
+        ids = [*ids[: max_length - 1], eos]
+    return ids
+
+
+def eos_mistake(got, plain, eos, max_length=None):
+    """Name the usual EOS mistake that turns `plain` (the tokenizer's ids) into `got`."""
+    truncated = max_length is not None and len(plain) >= max_length
+    if truncated and got == plain[:max_length] and plain[-1:] != [eos]:
+        return (
+            "EOS lost by truncation (or never appended): the row was cut to max_length with no "
+            "EOS last; keep the first max_length - 1 tokens, then EOS"
+        )
+    if got == plain and plain[-1:] != [eos]:
+        return (
+            "EOS missing: the row ends without tokenizer.eos_token_id (OPT's tokenizer puts "
+            "</s> only in front); append it to every quote, or the model never learns to stop"
+        )
+    if len(got) >= 2 and got[-2:] == [eos, eos] and plain[-1:] == [eos]:
+        return (
+            "EOS appended twice: this tokenizer already ends each row with eos; append it only "
+            "when the row does not end with it"
+        )
+    if max_length is not None and len(got) > max_length:
+        return (
+            f"the row has {len(got)} tokens, more than max_length={max_length}: is max_length "
+            "ignored, or EOS appended after truncating to max_length?"
+        )
+    if max_length is not None and len(got) == max_length and got[-1:] != [eos]:
+        return (
+            "EOS lost by truncation: the row was cut to max_length after EOS was appended; keep "
+            "the first max_length - 1 tokens, then EOS"
+        )
+    return "each row should be tokenizer(quote)['input_ids'] plus one EOS, cut to max_length"
+
+
+def check_rows(tokenized, dataset, tokenizer, max_length=None, where=""):
+    """Every row is the rule applied to tokenizer(quote), with a mask of ones as long."""
+    eos = tokenizer.eos_token_id
+    assert len(tokenized) == len(dataset), "one tokenized row per quote, in the same order"
+    for index, quote in enumerate(dataset["quote"]):
+        plain = tokenizer(quote)["input_ids"]
+        expected = with_one_eos(plain, eos, max_length)
+        got = list(tokenized[index]["input_ids"])
+        if got != expected:
+            pytest.fail(
+                f"{where}row {index}: {eos_mistake(got, plain, eos, max_length)}. Expected "
+                f"{len(expected)} tokens ...{expected[-4:]}, got {len(got)} tokens ...{got[-4:]}"
+                + (" (tokenizing another column, such as author?)" if got[:3] != plain[:3] else "")
+            )
+        mask = list(tokenized[index]["attention_mask"])
+        assert mask == [1] * len(got), (
+            f"{where}row {index}: attention_mask should be {len(got)} ones (one per token, EOS "
+            f"included), got {mask}"
+        )
+
+
+def eos_appending_tokenizer():
+    """The quotes tokenizer, but ending every text with </s> itself (as LLaMA's tokenizer does
+    with add_eos_token=True)."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(quotes_tokenizer().backend_tokenizer.to_str())
+    backend.post_processor = processors.TemplateProcessing(
+        single="</s> $A </s>", special_tokens=[("</s>", EOS_ID)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="</s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
 def test_tokenize_adds_input_ids_and_attention_mask_from_the_quote_column():
     dataset, tokenizer = small_dataset(), quotes_tokenizer()
     tokenized = data.tokenize_quotes(dataset, tokenizer)
     assert {"input_ids", "attention_mask"} <= set(tokenized.column_names), (
         f"tokenize_quotes should add input_ids and attention_mask, got {tokenized.column_names}"
     )
-    assert len(tokenized) == len(dataset), "one tokenized row per quote, in the same order"
-    for index in (0, 7, len(dataset) - 1):
-        expected = tokenizer(dataset[index]["quote"])
-        got = tokenized[index]
-        assert got["input_ids"] == expected["input_ids"], (
-            f"row {index}: input_ids should be tokenizer(row['quote'])['input_ids']; got "
-            f"{got['input_ids'][:8]}..., expected {expected['input_ids'][:8]}... "
-            "(tokenizing another column, such as author?)"
+    check_rows(tokenized, dataset, tokenizer)
+
+
+def test_every_quote_ends_with_exactly_one_eos():
+    dataset, tokenizer = small_dataset(), quotes_tokenizer()
+    eos = tokenizer.eos_token_id
+    tokenized = data.tokenize_quotes(dataset, tokenizer)
+    for index, ids in enumerate(tokenized["input_ids"]):
+        plain = tokenizer(dataset[index]["quote"])["input_ids"]
+        assert ids[-1:] == [eos] and ids[-2:-1] != [eos], (
+            f"row {index} should end with one EOS ({eos}), it ends with {ids[-3:]}: "
+            f"{eos_mistake(ids, plain, eos)}"
         )
-        assert got["attention_mask"] == expected["attention_mask"]
+
+
+def test_a_tokenizer_that_already_appends_eos_gets_no_second_one():
+    dataset, tokenizer = small_dataset(), eos_appending_tokenizer()
+    assert tokenizer("Know thyself.")["input_ids"][-1] == EOS_ID, "test setup: no EOS appended"
+    tokenized = data.tokenize_quotes(dataset, tokenizer)
+    check_rows(tokenized, dataset, tokenizer, where="with a tokenizer that appends EOS itself, ")
 
 
 def test_tokenize_keeps_the_text_columns_and_the_row_order():
@@ -216,9 +306,10 @@ def test_tokenize_maps_in_batches_like_the_tutorial():
     recording = RecordingTokenizer(quotes_tokenizer())
     data.tokenize_quotes(dataset, recording)
     assert recording.inputs, "tokenize_quotes never called the tokenizer it was given"
-    assert all(kind == "list" for kind in recording.inputs), (
+    calls, kinds = len(recording.inputs), set(recording.inputs)
+    assert kinds == {"list"} and calls < len(dataset), (
         f"the tokenizer should get lists of quotes (map(..., batched=True)), but it got "
-        f"{sorted(set(recording.inputs))} — {len(recording.inputs)} calls for "
+        f"{sorted(kinds)} — {calls} calls for "
         f"{len(dataset)} quotes: mapping row by row is the tutorial's batched=True left out"
     )
 
@@ -229,18 +320,22 @@ def test_tokenize_truncates_to_max_length_only_when_given():
     lengths = [len(ids) for ids in full["input_ids"]]
     cut = sorted(lengths)[len(lengths) // 2]  # about half the quotes are longer than this
     assert max(lengths) > cut, "the test needs some quotes longer than the cut"
-    assert lengths == [len(tokenizer(q)["input_ids"]) for q in dataset["quote"]], (
-        "without max_length nothing may be truncated"
-    )
+    check_rows(full, dataset, tokenizer, where="without max_length (nothing is truncated), ")
     truncated = data.tokenize_quotes(dataset, tokenizer, max_length=cut)
+    check_rows(truncated, dataset, tokenizer, max_length=cut, where=f"with max_length={cut}, ")
+
+
+def test_truncation_keeps_eos_as_the_last_token():
+    dataset, tokenizer = small_dataset(), quotes_tokenizer()
+    cut = 8  # far shorter than most quotes
+    truncated = data.tokenize_quotes(dataset, tokenizer, max_length=cut)
+    eos = tokenizer.eos_token_id
     for index, ids in enumerate(truncated["input_ids"]):
-        expected = tokenizer(dataset[index]["quote"], truncation=True, max_length=cut)
-        assert ids == expected["input_ids"], (
-            f"with max_length={cut}, row {index} should have {len(expected['input_ids'])} "
-            f"tokens (tokenizer(..., truncation=True, max_length={cut})), got {len(ids)}: "
-            "is max_length ignored?"
+        plain = tokenizer(dataset[index]["quote"])["input_ids"]
+        assert len(ids) <= cut and ids[-1:] == [eos], (
+            f"with max_length={cut}, row {index} should have at most {cut} tokens with EOS "
+            f"last, got {len(ids)} ending {ids[-3:]}: {eos_mistake(ids, plain, eos, cut)}"
         )
-        assert len(truncated[index]["attention_mask"]) == len(ids)
 
 
 # ---------------------------------------------------------------- collate_for_causal_lm
@@ -383,13 +478,35 @@ def test_collate_equals_DataCollatorForLanguageModeling_when_pad_differs_from_eo
 
 def test_collate_ignores_the_text_columns_of_tokenized_rows():
     tokenizer = quotes_tokenizer()
-    rows = [dict(row, **tokenizer(row["quote"])) for row in GOOD_ROWS]  # as tokenize_quotes
+    rows = [dict(row, **tokenizer(row["quote"])) for row in GOOD_ROWS]  # text columns kept
     batch = data.collate_for_causal_lm(rows, pad_token_id=tokenizer.pad_token_id)
     assert set(batch) == {"input_ids", "attention_mask", "labels"}, (
         f"return exactly input_ids, attention_mask and labels (quote, author and tags cannot "
         f"become tensors), got {sorted(batch)}"
     )
     check_batch(batch, [row["input_ids"] for row in rows], tokenizer.pad_token_id)
+
+
+def test_every_training_row_ends_with_an_eos_that_is_a_label():
+    # The whole pipeline, with pad == eos (the usual GPT-2 / LLaMA recipe) and pad != eos.
+    dataset, tokenizer = small_dataset(), quotes_tokenizer()
+    eos = tokenizer.eos_token_id
+    rows = list(data.tokenize_quotes(dataset, tokenizer, max_length=24))
+    for pad_id in (PAD_ID, eos):
+        batch = data.collate_for_causal_lm(rows[:8], pad_token_id=pad_id)
+        lengths = batch["attention_mask"].sum(dim=1)
+        for i, n in enumerate(lengths.tolist()):
+            token, label = batch["input_ids"][i, n - 1].item(), batch["labels"][i, n - 1].item()
+            assert token == eos and label == eos, (
+                f"pad id {pad_id}: row {i}'s last real token should be EOS ({eos}) with label "
+                f"{eos}, got token {token} with label {label}"
+                + (
+                    ": "
+                    + diagnose(batch["labels"], batch["input_ids"], batch["attention_mask"], pad_id)
+                    if label != token
+                    else ""
+                )
+            )
 
 
 # The file's slowest test (2-5 s): importing OPT's modelling code dominates.

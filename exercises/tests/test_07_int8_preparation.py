@@ -3,8 +3,9 @@
 A tiny OPT is saved with fp16 weights (as facebook/opt-6.7b's checkpoint) and loaded with
 bitsandbytes' LLM.int8() on the CPU: its decoder Linears become Linear8bitLt with int8 weights,
 everything else stays fp16. prepare_for_int8_training is compared with what peft's
-prepare_model_for_kbit_training does to a second, identical load; the part peft dropped (the
-tutorial's CastOutputToFloat, fp32 logits) is tested on its own.
+prepare_model_for_kbit_training does to a second, identical load; the part peft leaves out (the
+PEFT example notebook's CastOutputToFloat, fp32 logits) is tested on its own. Checkpointing goes
+through transformers 5.24's activation_checkpointing_enable, not its deprecated alias.
 """
 
 import pytest
@@ -205,13 +206,34 @@ def test_gradient_checkpointing_is_on_when_asked_and_off_when_not(checkpoint):
     asked = prepare(load_tiny_opt_in_8bit(checkpoint), use_gradient_checkpointing=True)
     assert checkpointed_layers(asked), (
         "use_gradient_checkpointing=True should turn gradient checkpointing on: "
-        "model.gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+        "model.activation_checkpointing_enable(activation_checkpointing_kwargs="
         "{'use_reentrant': False})"
     )
     not_asked = prepare(load_tiny_opt_in_8bit(checkpoint), use_gradient_checkpointing=False)
     assert not checkpointed_layers(not_asked), (
         "use_gradient_checkpointing=False should leave checkpointing off: the flag is ignored"
     )
+
+
+def test_checkpointing_is_turned_on_without_the_deprecated_alias(model):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare(model)
+    deprecated = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, DeprecationWarning | FutureWarning)
+        and "checkpointing" in str(w.message)
+    ]
+    assert not deprecated, (
+        f"prepare warned: {deprecated[0][:120]!r}. gradient_checkpointing_enable is a "
+        "deprecated alias in transformers 5.24 (removed in v6): call "
+        "model.activation_checkpointing_enable(activation_checkpointing_kwargs="
+        "{'use_reentrant': False}) where it exists"
+    )
+    assert checkpointed_layers(model), "checkpointing should still be on after prepare"
 
 
 def add_adapter(model):
@@ -230,7 +252,7 @@ def test_checkpointing_is_non_reentrant(model):
     keywords = getattr(function, "keywords", {})
     assert keywords.get("use_reentrant", False) is False, (
         f"checkpointing is reentrant (use_reentrant={keywords.get('use_reentrant')}): pass "
-        "gradient_checkpointing_kwargs={'use_reentrant': False}"
+        "activation_checkpointing_kwargs={'use_reentrant': False}"
     )
     model.train()
     delta = add_adapter(model)
@@ -254,7 +276,7 @@ def test_logits_are_fp32_even_under_autocast(model):
         logits = model(input_ids=TOKENS, attention_mask=MASK).logits
     assert logits.dtype == torch.float32, (
         f"lm_head output left in {str(logits.dtype).removeprefix('torch.')} under autocast: "
-        "cast lm_head's output to float32 (the tutorial's CastOutputToFloat, e.g. a forward "
+        "cast lm_head's output to float32 (the PEFT example's CastOutputToFloat, e.g. a forward "
         "hook returning output.float()) — its output, not its input"
     )
     assert head.weight is model.get_input_embeddings().weight, (

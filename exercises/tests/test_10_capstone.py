@@ -15,6 +15,7 @@ trained, both fall by at least 0.021.
 import json
 import math
 import os
+import warnings
 from collections import Counter
 from types import SimpleNamespace
 
@@ -215,8 +216,18 @@ def check_trainable_is_the_formula(run):
 
 def check_generation(model, tokenizer, prompt=PROMPT, max_new_tokens=12):
     model.train()  # as after training: generate must switch dropout off itself
-    text = finetune.generate(model, tokenizer, prompt, max_new_tokens)
+    recorder = ForwardRecorder(model)
+    try:
+        text = finetune.generate(model, tokenizer, prompt, max_new_tokens)
+    finally:
+        recorder.remove()
     assert isinstance(text, str), f"generate should return a str, got {type(text).__name__}"
+    # Checked directly: a briefly trained tiny model may pick the same tokens with dropout on.
+    in_training = sum(call.training for call in recorder.calls)
+    assert recorder.calls and not in_training, (
+        f"generate ran {in_training} of {len(recorder.calls)} forward passes in training mode "
+        "(LoRA dropout on): call model.eval() before model.generate, and restore the mode after"
+    )
     assert text.startswith(prompt), (
         f"the generation should start with the prompt {prompt!r} (decode the whole output "
         f"sequence, with skip_special_tokens=True), got {text[:60]!r}"
@@ -361,11 +372,10 @@ def recorded(tiny_dir, quotes):
                 )  # fmt: skip
             finally:
                 recorder.remove()
-            limit = model.config.max_position_embeddings
-            expected = [
-                tuple(tokenizer(q, truncation=True, max_length=limit)["input_ids"])
-                for q in subset["quote"]
-            ]
+            limit, eos = model.config.max_position_embeddings, tokenizer.eos_token_id
+            # What tokenize_quotes makes of each quote (06): its ids, one EOS, EOS kept last.
+            full = [(*tokenizer(q)["input_ids"], eos) for q in subset["quote"]]
+            expected = [row if len(row) <= limit else (*row[: limit - 1], eos) for row in full]
             done.update(
                 calls=recorder.calls,
                 losses=losses,
@@ -395,7 +405,8 @@ def test_each_step_takes_grad_accum_micro_batches_of_batch_size_from_shuffled_cy
     unknown = [row for row in seen if row not in r.expected]
     assert not unknown, (
         "a micro-batch held token ids that are no quote of the dataset (tokenize_quotes over "
-        "'quote', truncated to model.config.max_position_embeddings, right-padded)"
+        "'quote', one EOS appended, truncated to model.config.max_position_embeddings, "
+        "right-padded)"
     )
     counts = [seen[row] for row in r.expected]
     assert counts == [2] * 6, (
@@ -418,7 +429,7 @@ def test_training_runs_in_train_mode_without_cache_or_cpu_autocast_and_restores_
         "the model should be in training mode (model.train()) during finetune"
     )
     assert not any(call.use_cache for call in r.calls), (
-        "set model.config.use_cache = False while training, as the tutorial does"
+        "set model.config.use_cache = False while training, as the PEFT example notebook does"
     )
     assert not any(call.autocast for call in r.calls), (
         "on the CPU, finetune should train in plain fp32: fp16 autocast and the GradScaler are "
@@ -456,6 +467,57 @@ def test_generate_decodes_greedily_and_starts_with_the_prompt(dry_run):
     check_generation(run.model, run.tokenizer, prompt="Nature ", max_new_tokens=5)
 
 
+class EosAtThirdToken:
+    """Makes the model's 3rd new token EOS (only the 3rd): a stand-in for a model fine-tuned on
+    quotes that end with EOS. Records every token the model picks (lm_head is called once per
+    generated token, on the last position)."""
+
+    def __init__(self, model, eos):
+        self.eos, self.picked = eos, []
+        self.handle = model.get_output_embeddings().register_forward_hook(self.hook)
+
+    def hook(self, module, args, output):
+        if len(self.picked) == 2:
+            output = output.clone()
+            output[..., -1, self.eos] = output[..., -1, :].max() + 10.0
+        self.picked.append(output[..., -1, :].argmax(dim=-1)[0].item())
+        return output
+
+    def remove(self):
+        self.handle.remove()
+
+
+def check_stops_at_eos(model, tokenizer, what):
+    max_new = 12
+    ids = tokenizer(PROMPT)["input_ids"]
+    eos = tokenizer.eos_token_id
+    spy = EosAtThirdToken(model, eos)
+    try:
+        text = finetune.generate(model, tokenizer, PROMPT, max_new)
+    finally:
+        spy.remove()
+    assert spy.picked[2:3] == [eos], f"test setup: the 3rd token should be EOS, {spy.picked}"
+    expected = tokenizer.decode(ids + spy.picked[:3], skip_special_tokens=True)
+    assert len(spy.picked) == 3 and text == expected, (
+        f"{what}: the model emitted EOS as its 3rd new token, so generation should stop there "
+        f"and return {expected!r}; it ran for {len(spy.picked)} tokens (max_new_tokens="
+        f"{max_new}) and returned {text!r}. Pass eos_token_id=tokenizer.eos_token_id to "
+        "model.generate"
+    )
+
+
+def test_generate_stops_when_the_model_emits_eos(tiny_dir):
+    model, tokenizer = fresh(tiny_dir)
+    check_stops_at_eos(model, tokenizer, "with the model's own generation config")
+
+
+def test_generate_stops_at_the_tokenizers_eos_even_when_the_model_config_names_none(tiny_dir):
+    model, tokenizer = fresh(tiny_dir)
+    # Some checkpoints' generation configs name no EOS; the tokenizer's is what training used.
+    model.generation_config.eos_token_id = None
+    check_stops_at_eos(model, tokenizer, "with no EOS in the model's generation config")
+
+
 def test_the_saved_adapter_reloads_to_identical_logits_with_ours_and_with_peft(
     dry_run, tiny_dir, tmp_path
 ):
@@ -471,8 +533,20 @@ def test_the_command_line_runs_the_whole_job(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     argv = ["--max-steps", "2", "--out", str(out), "--no-progress", "--max-new-tokens", "8",
             "--batch-size", "2", "--grad-accum", "2", "--small"]  # fmt: skip
-    assert cli.main(current(), argv) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(current(), argv) == 0
     printed = capsys.readouterr().out
+    # Python prints FutureWarnings by default: a deprecated checkpointing call would show.
+    deprecated = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, FutureWarning) and "checkpointing" in str(w.message)
+    ]
+    assert not deprecated, (
+        f"the run printed a deprecation warning: {deprecated[0][:120]!r} (07: call "
+        "activation_checkpointing_enable, not its deprecated alias gradient_checkpointing_enable)"
+    )
     small = cli.SMALL_OPT
     trainable = small["num_hidden_layers"] * 2 * 16 * (2 * small["hidden_size"])
     assert f"trainable params: {trainable} || all params: " in printed, (

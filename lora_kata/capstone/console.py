@@ -38,13 +38,11 @@ class _Once(logging.Filter):
 
 def quiet_libraries() -> None:
     """One bitsandbytes CPU-cast message instead of one per matmul; no progress bar for a
-    548-row map; no deprecation notice for gradient_checkpointing_enable (07 uses it)."""
-    import warnings
-
+    548-row map. (A deprecation notice for gradient_checkpointing_enable is left visible: 07
+    calls activation_checkpointing_enable, so the notice means the learner's 07 is behind.)"""
     bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
     if not any(isinstance(f, _Once) for f in bnb_logger.filters):
         bnb_logger.addFilter(_Once())
-    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing_enable.*deprecated")
     try:
         import datasets
 
