@@ -1,7 +1,8 @@
 """The capstone's command line, `python -m solutions.finetune` / `python -m exercises.finetune`.
 
 Not an exercise: this package wires the learner's (or the reference's) pieces together in the
-tutorial's order, one concern per module:
+tutorial's order (load, prepare, inject, train, generate), adding what the tutorial did not do
+(held-out loss, saving the adapter, a loss plot), one concern per module:
 
     settings      the tutorial's LoRA and training settings, the small OPT's shape
     arguments     the command-line flags

@@ -1,4 +1,5 @@
-"""The capstone's whole job, in the tutorial's order, with the implementation's own pieces:
+"""The capstone's whole job with the implementation's own pieces: the tutorial's steps in its
+order, plus what it did not do (held-out loss, the adapter file, a loss plot, metrics):
 
     load_in_8bit (or --quant 4bit) → prepare_for_int8_training → inject_lora(r=16, α=32,
     q_proj/v_proj, 0.05) → trainable_parameters_line → load_quotes → finetune → save_adapter
