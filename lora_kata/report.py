@@ -44,9 +44,20 @@ def _relative_lesson(exercise_id: str, lang: str) -> str:
     return f"lessons/{lang}/{exercise.id}-{exercise.slug}.md"
 
 
-def next_step(results: list[ExerciseResult], records: list[TestRecord], lang: str) -> dict | None:
-    """The next exercise, where to edit, and the first failure with its hint."""
+def next_step(
+    results: list[ExerciseResult],
+    records: list[TestRecord],
+    lang: str,
+    unparsable: list[dict] | None = None,
+) -> dict | None:
+    """The next exercise, where to edit, and the first failure with its hint.
+
+    "All done" needs every exercise done on the current code and every file compiling."""
     target = next_exercise(results)
+    if target is None and unparsable:
+        first = unparsable[0]
+        where = f"{first['file']}:{first['line']}" if first.get("line") else first["file"]
+        return {"unparsable": where, "message": first["message"]}
     if target is None:
         return {"all_done": True} if results else None
     exercise = by_id(target.id)
@@ -62,6 +73,8 @@ def next_step(results: list[ExerciseResult], records: list[TestRecord], lang: st
         "lesson": _relative_lesson(exercise.id, lang),
         "more": f"lora-kata hint {exercise.id} --level 2",
     }
+    if target.status == NOT_RUN and target.changed:
+        step["changed"] = True  # its code changed since its last run: run it, then judge
     failures = [r for r in records if r.exercise == exercise.id and r.outcome == FAILED]
     if not failures:
         step["hint"] = exercise.hint(1, lang)
@@ -133,7 +146,9 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
             words = t("waiting", lang, req=", ".join(e["waiting_for"]))
         elif status == NOT_RUN:
             words = t("not run", lang)
-            if e.get("last_status"):
+            if e.get("changed") and not e.get("last_status"):
+                words += " (" + t("changed since", lang) + ")"
+            elif e.get("last_status"):
                 last = e["last_status"]
                 last_words = t("waiting plain" if last == WAITING_STATUS else last, lang)
                 words += " (" + t("last run", lang, status=last_words) + ")"
@@ -149,6 +164,10 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
         out.append((text.rstrip(), {colour: True} if colour else {}))
         for reason in e.get("skipped_here") or []:
             out.append((f"       {t('skipped', lang)}: {reason}", {}))
+    for problem in data.get("unparsable") or []:
+        where = f"{problem['file']}:{problem['line']}" if problem.get("line") else problem["file"]
+        out.append((f" ! {t('does not compile', lang, where=where)}", {"red": True}))
+        out.append((f"       {problem['message']}", {}))
     passed, total = data["passed"], data["total"]
     done = sum(effective_status(e["status"], e.get("last_status")) == DONE for e in exercises)
     filled = round(BAR_WIDTH * passed / total) if total else 0
@@ -165,6 +184,10 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
     if not step:
         return out
     out.append(("", {}))
+    if step.get("unparsable"):
+        out.append((" " + t("fix unparsable", lang, where=step["unparsable"]), {"red": True}))
+        out.append(("   " + step["message"], {}))
+        return out
     if step.get("all_done"):
         package = (
             data.get("impl") if data.get("impl") in ("exercises", "solutions") else "exercises"
@@ -174,6 +197,10 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
     out.append((f" {t('next', lang)}: {step['id']} {step['title']}", {"bold": True}))
     out.append((f"   {t('edit', lang)}: {step['file']} → {step['function']}", {}))
     out.append((f"   {t('lesson', lang)}: {step['lesson']}", {}))
+    if step.get("changed"):
+        out.append(("", {}))
+        out.append((" " + t("changed run", lang, id=step["id"]), {"yellow": True}))
+        return out
     if step.get("why") == BROKEN_STATUS or step.get("why") == "broken":
         out.append(("", {}))
         out.append((" " + t("broken detail", lang, where=step.get("where")), {"red": True}))
