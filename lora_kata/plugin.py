@@ -104,6 +104,35 @@ def _no_map_cache(datasets_module) -> None:
     datasets_module.disable_caching()
 
 
+# Distributions whose modules pytest marks for assertion rewriting because they ship a pytest
+# plugin: rewriting Hypothesis's ~80 library modules costs a second or more on every run where
+# bytecode is not cached (PYTHONDONTWRITEBYTECODE), and no test asserts inside them.
+NOT_REWRITTEN = ("hypothesis", "_hypothesis_pytestplugin", "_hypothesis_globals")
+
+
+def _lighter_pytest(config: pytest.Config) -> None:
+    """Two pytest costs a learner pays on every run for nothing (pytest internals: if they
+    moved, leave everything as it is)."""
+    try:
+        from _pytest.assertion.rewrite import assertstate_key
+
+        hook = config.stash[assertstate_key].hook
+        must_rewrite = hook._must_rewrite
+        if isinstance(must_rewrite, set):
+            must_rewrite.difference_update(NOT_REWRITTEN)
+            hook._marked_for_rewrite_cache.clear()
+    except (ImportError, KeyError, AttributeError):
+        pass
+    try:
+        from _pytest.unraisableexception import gc_collect_iterations_key
+
+        # Five full garbage collections at exit (with torch loaded, ~0.3 s each) to find
+        # unraisable exceptions: one is enough to report them.
+        config.stash[gc_collect_iterations_key] = 1
+    except ImportError:
+        pass
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from lora_kata.hypothesis_profiles import profile_name, register_and_load
     from lora_kata.post_import import when_imported
@@ -117,6 +146,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # whole inductor compiler (seconds) for functions the 8-bit path never calls; with
     # dynamo off they run eagerly, as bitsandbytes itself falls back to on any failure.
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    _lighter_pytest(config)
     profile_name()  # an unknown HYPOTHESIS_PROFILE is an error now, not mid-run
     when_imported("hypothesis", register_and_load)  # before any @given reads the default
     when_imported("datasets", _no_map_cache)
