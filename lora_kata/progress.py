@@ -96,6 +96,7 @@ class Previous:
     """What the last run of the same implementation found, as far as it still holds."""
 
     statuses: dict[str, str] = field(default_factory=dict)  # still valid: code unchanged
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # (passed, total) then
     changed: set[str] = field(default_factory=set)  # had a status, but its code changed since
 
 
@@ -118,6 +119,7 @@ def last_statuses(
             previous.changed.add(e["id"])
         else:
             previous.statuses[e["id"]] = status
+            previous.counts[e["id"]] = (int(e.get("passed", 0)), int(e.get("total", 0)))
     return previous
 
 
@@ -159,6 +161,8 @@ def summarise(
         if result.status == NOT_RUN:
             result.last_status = previous.statuses.get(exercise.id)
             result.changed = exercise.id in previous.changed
+            if result.last_status:  # its counts still hold: the bar shows the whole kata
+                result.passed, result.total = previous.counts.get(exercise.id, (0, 0))
         if result.status != NOT_RUN or result.last_status:
             result.fingerprint = (current or {}).get(exercise.id)
         results.append(result)
@@ -171,9 +175,13 @@ def effective_status(status: str, last_status: str | None) -> str | None:
 
 
 def next_exercise(results: list[ExerciseResult]) -> ExerciseResult | None:
-    """The first exercise of this run that is not done; else the first not done at all."""
+    """What to work on: the first exercise this run found wrong (not merely waiting), else the
+    first whose latest known status is neither done nor waiting, else the first not done."""
     for result in results:
-        if result.status not in (NOT_RUN, DONE):
+        if result.status not in (NOT_RUN, DONE, WAITING_STATUS):
+            return result
+    for result in results:
+        if effective_status(result.status, result.last_status) not in (DONE, WAITING_STATUS):
             return result
     for result in results:
         if effective_status(result.status, result.last_status) != DONE:

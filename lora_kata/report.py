@@ -5,9 +5,10 @@ It is drawn from the same dict that is written to the progress file, so both alw
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 
-from lora_kata import REPO_ROOT
+from lora_kata import REPO_ROOT, fingerprint
 from lora_kata.catalog import by_id
 from lora_kata.i18n import t
 from lora_kata.progress import (
@@ -123,6 +124,41 @@ def _enclosing_definition(where: str) -> tuple[str, str] | None:
     if name is None:
         return None
     return f"exercises/{path.rsplit('/', 1)[-1]}", name
+
+
+def refresh(data: dict, lang: str | None = None) -> dict:
+    """The last run's progress data, corrected for the code as it is now.
+
+    An exercise whose files changed since that run is shown as not run (changed), its old
+    status no longer counts, files that no longer compile are listed, and the next step is
+    worked out again: a report printed later (by `lora-kata report`, `hint` or `watch`) is
+    never greener than the code."""
+    impl = data.get("impl") or "exercises"
+    try:
+        current = fingerprint.fingerprints(impl)
+        unparsable = fingerprint.unparsable(impl)
+    except OSError:
+        return data
+    fields = {f.name for f in dataclasses.fields(ExerciseResult)}
+    results = []
+    for entry in data.get("exercises", []):
+        result = ExerciseResult(**{k: v for k, v in entry.items() if k in fields})
+        measured = effective_status(result.status, result.last_status) is not None
+        if measured and result.fingerprint != current.get(result.id):
+            result = ExerciseResult(result.id, result.title, NOT_RUN, changed=True)
+        results.append(result)
+    record_fields = {f.name for f in dataclasses.fields(TestRecord)}
+    records = [
+        TestRecord(**{k: v for k, v in r.items() if k in record_fields})
+        for r in data.get("tests", [])
+    ]
+    fresh = dict(data)
+    fresh["exercises"] = [dataclasses.asdict(r) for r in results]
+    fresh["passed"] = sum(r.passed for r in results)
+    fresh["total"] = sum(r.total for r in results)
+    fresh["unparsable"] = unparsable
+    fresh["next"] = next_step(results, records, lang or data.get("lang") or "en", unparsable)
+    return fresh
 
 
 def render_report(terminal, data: dict, lang: str) -> None:
