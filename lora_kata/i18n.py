@@ -73,10 +73,10 @@ MESSAGES: dict[str, dict[str, str]] = {
     "no changes": {"en": "no file changed since", "zh": "此后没有文件改动"},
     "all failures": {"en": "Every failing test", "zh": "全部未通过的测试"},
     "kata is": {
-        "en": "The kata is `pytest exercises/` (this is the kata's own quality suite: "
-        "run it with `pytest tests/` or LORA_KATA_QUALITY=1 pytest).",
-        "zh": "练习请运行 `pytest exercises/`（根目录的 pytest 是 kata 自身的质量测试：请用 "
-        "`pytest tests/` 或 LORA_KATA_QUALITY=1 pytest 运行）。",
+        "en": "The kata is `pytest exercises/`. (Plain `pytest` here would be the kata's own "
+        "quality suite: `pytest tests/` or LORA_KATA_QUALITY=1 pytest runs it.)",
+        "zh": "做练习请运行 `pytest exercises/`。（在这里直接运行 pytest 会跑 kata 自身的质量测试；"
+        "确实要跑，请用 `pytest tests/` 或 LORA_KATA_QUALITY=1 pytest。）",
     },
 }
 
