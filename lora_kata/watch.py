@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +38,7 @@ class Runner:
 
     def __init__(self, use_worker: bool):
         self.worker: subprocess.Popen | None = None
+        self.answers: queue.Queue = queue.Queue()
         self.pid: int | None = None
         self.process: subprocess.Popen | None = None
         if use_worker and hasattr(os, "fork"):
@@ -47,14 +50,28 @@ class Runner:
                 text=True,
                 bufsize=1,
             )
+            # A thread reads the worker's answers, so a quick run's two lines never sit in a
+            # buffer that select() cannot see.
+            threading.Thread(target=self._read_answers, daemon=True).start()
+
+    def _read_answers(self) -> None:
+        for line in self.worker.stdout:
+            if line.strip():
+                self.answers.put(json.loads(line))
+        self.answers.put({"rc": 3, "died": True})
 
     def start(self, args: list[str], log: Path) -> None:
         if self.worker is not None and self.worker.poll() is None:
             request = {"args": args, "log": str(log), "cwd": str(Path.cwd()), "env": {}}
-            self.worker.stdin.write(json.dumps(request) + "\n")
-            self.worker.stdin.flush()
-            self.pid = json.loads(self.worker.stdout.readline())["pid"]
-            return
+            try:
+                self.worker.stdin.write(json.dumps(request) + "\n")
+                self.worker.stdin.flush()
+                answer = self.answers.get(timeout=600)
+            except (OSError, queue.Empty):
+                answer = {"died": True}
+            if "pid" in answer:
+                self.pid = answer["pid"]
+                return
         self.worker = None  # no fork, or the worker died: plain subprocesses from now on
         with open(log, "w", encoding="utf-8") as out:
             self.process = subprocess.Popen(
@@ -76,14 +93,12 @@ class Runner:
             return code
         if self.pid is None:
             return None
-        import select
-
-        ready, _, _ = select.select([self.worker.stdout], [], [], 0)
-        if not ready:
+        try:
+            answer = self.answers.get_nowait()
+        except queue.Empty:
             return None
-        line = self.worker.stdout.readline()
         self.pid = None
-        return json.loads(line)["rc"] if line else 3
+        return int(answer.get("rc", 3))
 
     def stop(self) -> None:
         """Stop the current run (its result is out of date)."""
@@ -93,8 +108,11 @@ class Runner:
             self.process = None
         elif self.pid is not None:
             _kill_group(self.pid)
-            while self.poll() is None:
-                time.sleep(0.01)
+            try:
+                self.answers.get(timeout=60)
+            except queue.Empty:
+                pass
+            self.pid = None
 
     def close(self) -> None:
         self.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 # What exercise tests import; anything missing is simply imported by the child.
@@ -56,6 +57,7 @@ def _child(request: dict) -> None:
     """In the forked child: run pytest with output to the log file, never return."""
     code = 3
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # pytest handles Ctrl-C
         os.setpgid(0, 0)  # the watcher stops a run by killing its process group
         log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -77,6 +79,9 @@ def _child(request: dict) -> None:
 
 
 def serve() -> None:
+    # Ctrl-C in the terminal reaches the whole process group: the watcher handles it and
+    # closes our stdin; a traceback from here would only be noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     preload()
     answers = sys.stdout
     for line in sys.stdin:
