@@ -153,14 +153,8 @@ def _working_on(data: dict | None) -> str | None:
 
 def _stale(impl: str) -> list[str]:
     """Exercises with no result that still holds for the current code."""
-    data = progress.read()
-    current = fingerprint.fingerprints(impl)
-    previous = progress.last_statuses(impl, None, current)
-    return (
-        [e.id for e in load_catalog() if e.id not in previous.statuses]
-        if data
-        else [e.id for e in load_catalog()]
-    )
+    previous = progress.last_statuses(impl, None, fingerprint.fingerprints(impl))
+    return [e.id for e in load_catalog() if e.id not in previous.statuses]
 
 
 def _owners(modules: set[str]) -> list[str]:
@@ -231,7 +225,6 @@ class Watch:
         files = [str(by_id(e).test_file.relative_to(REPO_ROOT)) for e in self.batch]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         args = [*files, "--no-kata-report", "-q", "-p", "no:cacheprovider", *self.pytest_args]
-        self.started = time.time()
         runner.start(args, self.log)
 
     @property
