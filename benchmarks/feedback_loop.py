@@ -3,6 +3,7 @@
     python benchmarks/feedback_loop.py              # everything (a few minutes on 2 cores)
     python benchmarks/feedback_loop.py --repeat 3   # more pairs per exercise
     python benchmarks/feedback_loop.py --only 01,02 --no-watch --no-full
+    python benchmarks/feedback_loop.py --only 01,02,03,04,05 --no-exercises --no-full  # watch
 
 What it measures, and the goals (goals live here, never in timed tests):
 
@@ -294,12 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated exercise ids (default: all)")
     parser.add_argument("--no-watch", action="store_true")
     parser.add_argument("--no-full", action="store_true")
+    parser.add_argument("--no-exercises", action="store_true", help="skip the -k test_NN pairs")
     args = parser.parse_args(argv)
     ids = args.only.split(",") if args.only else [e.id for e in load_catalog()]
     result: dict = {"loadavg": list(os.getloadavg()), "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="lora-kata-bench-") as folder:
         scratch = Path(folder)
-        result["exercises"] = [measure_exercise(i, args.repeat, scratch) for i in ids]
+        result["exercises"] = (
+            [] if args.no_exercises else [measure_exercise(i, args.repeat, scratch) for i in ids]
+        )
         for row in result["exercises"]:
             if row["exercise"] == "08":
                 result["tests_08_s"] = row["tests_s"]
