@@ -82,7 +82,6 @@ def _imports(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -102,14 +101,15 @@ def floor_modules(exercise_id: str) -> list[str]:
         seen.add(path)
         for name in _imports(path):
             top = name.split(".")[0]
-            if top in HEAVY:
-                found.add(top)
+            if top in HEAVY:  # the module as the code imports it (matplotlib.figure, ...)
+                found.add(name)
             elif top == "lora_kata":
                 local = REPO / Path(*name.split(".")).with_suffix(".py")
                 files.append(local)
     if "transformers" in found:  # `import transformers` is lazy; the tests build OPT models
         found = (found - {"transformers"}) | {"transformers.models.opt.modeling_opt"}
-    return sorted(found)
+    # A package imported with one of its submodules is implied by it.
+    return sorted(n for n in found if not any(o.startswith(n + ".") for o in found))
 
 
 def timed(command: list[str], cwd: Path = REPO, env: dict | None = None) -> dict:

@@ -59,6 +59,62 @@ def preload() -> None:
     gc.freeze()
 
 
+# Exercise test modules imported by the worker: {module name: (file, content hash)}.
+TEST_MODULES: dict[str, tuple[str, str]] = {}
+
+
+def _digest(path: str) -> str:
+    import hashlib
+
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha1(handle.read()).hexdigest()
+    except OSError:
+        return ""
+
+
+def precollect(folder: str = "exercises") -> None:
+    """Import the exercise test files once, so a run does not parse, rewrite and import them.
+
+    Safe because a test file holds only lazy handles on the learner's code (lora_kata.impl):
+    if collecting imported any implementation module, everything it imported is dropped and
+    children import the test files themselves. A child drops a test module whose file changed.
+    """
+    import pytest
+
+    before = set(sys.modules)
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        pytest.main([f"{folder}/tests", "--collect-only", "-q", "-p", "no:cacheprovider"])
+    except BaseException:  # only a speed-up: nothing here may stop the worker
+        pass
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+    new = set(sys.modules) - before
+    tests = {m for m in new if ".tests." in f".{m}." or m.rsplit(".", 1)[-1].startswith("test_")}
+    learner = {m for m in new if m.split(".")[0] in ("exercises", "solutions") and m not in tests}
+    learner -= {"exercises", "solutions", "exercises.tests", "exercises.conftest"}
+    if learner or any(m.startswith("lora_kata_impl_") for m in new):
+        for name in new:
+            sys.modules.pop(name, None)
+        return
+    for name in new:  # the test files, their packages and conftest: all or none stay
+        path = getattr(sys.modules[name], "__file__", None)
+        if path:
+            TEST_MODULES[name] = (path, _digest(path))
+
+
+def _forget_changed_tests() -> None:
+    """If any file imported by precollect changed since, the child imports them all afresh."""
+    if any(_digest(path) != digest for path, digest in TEST_MODULES.values()):
+        for name in TEST_MODULES:
+            sys.modules.pop(name, None)
+
+
 def _child(request: dict) -> None:
     """In the forked child: run pytest with output to the log file, never return."""
     code = 3
@@ -73,6 +129,7 @@ def _child(request: dict) -> None:
         sys.stdin = open(0, closefd=False)
         os.chdir(request.get("cwd") or os.getcwd())
         os.environ.update(request.get("env") or {})
+        _forget_changed_tests()
         import pytest
 
         code = int(pytest.main(list(request["args"])))
@@ -89,6 +146,7 @@ def serve() -> None:
     # closes our stdin; a traceback from here would only be noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     preload()
+    precollect()
     answers = sys.stdout
     for line in sys.stdin:
         if not line.strip():
