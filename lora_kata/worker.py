@@ -102,7 +102,8 @@ def precollect(folder: str = "exercises") -> None:
         for name in new:
             sys.modules.pop(name, None)
         return
-    for name in new:  # the test files, their packages and conftest: all or none stay
+    kata = tests | ({"exercises", "exercises.conftest", "exercises.tests"} & new)
+    for name in kata:  # the test files, their packages and conftest: all or none stay
         path = getattr(sys.modules[name], "__file__", None)
         if path:
             TEST_MODULES[name] = (path, _digest(path))
