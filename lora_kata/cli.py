@@ -2,8 +2,8 @@
 
 lora-kata hint [NN] [--level 1|2|3]   tiered hints (a nudge, the concept, nearly the answer)
 lora-kata lesson [NN]                 print the lesson
-lora-kata report [--json]             the last run's report (or its progress JSON)
-lora-kata watch                       rerun the current exercise whenever exercises/ changes
+lora-kata report [--all] [--json]     the last run's report (every failure, or its JSON)
+lora-kata watch                       rerun what a save affects, within a second of saving
 lora-kata reset NN                    put exercise NN's stubs back (your other work stays)
 lora-kata list                        the exercises, their files and functions
 """
@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from lora_kata import REPO_ROOT, progress
+from lora_kata import REPO_ROOT, fingerprint, progress
 from lora_kata.catalog import by_id, load_catalog
 from lora_kata.i18n import language, t
-from lora_kata.report import report_lines
+from lora_kata.report import refresh, report_lines
 from lora_kata.splice import replace_definitions
 
 LEVEL_NAMES = {
@@ -31,14 +31,44 @@ LEVEL_NAMES = {
 
 
 def _current_exercise() -> str:
+    """The next exercise on the code as it is now (the last run, corrected for edits)."""
     data = progress.read()
+    data = refresh(data) if data else None
     if data and data.get("next") and data["next"].get("id"):
         return data["next"]["id"]
     return load_catalog()[0].id
 
 
+def _provenance(data: dict | None, lang: str) -> str | None:
+    """Which run the hint or report reads: "from the run at 09:12, 3 min ago; files changed
+    since: exercises/lora.py" (None when there was no run)."""
+    if not data or not data.get("finished_at"):
+        return None
+    try:
+        finished = time.mktime(time.strptime(data["finished_at"][:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+    minutes = max(0, round((time.time() - finished) / 60))
+    ago = f"{minutes} min" if lang == "en" else f"{minutes} 分钟"
+    text = t("from run", lang, time=data["finished_at"][11:16], ago=ago)
+    impl = data.get("impl") or "exercises"
+    then = data.get("files") or {}
+    now = fingerprint.file_hashes(fingerprint.implementation_dir(impl))
+    folder = fingerprint.implementation_dir(impl).name
+    changed = sorted(f"{folder}/{m}.py" for m in set(then) | set(now) if then.get(m) != now.get(m))
+    if then:
+        text += "; " + (
+            t("changed files", lang, files=", ".join(changed)) if changed else t("no changes", lang)
+        )
+    return text
+
+
 def cmd_hint(args: argparse.Namespace) -> int:
     lang = language(args.lang)
+    if not args.exercise:
+        where = _provenance(progress.read(), lang)
+        if where:
+            print(f"({where})")
     exercise = by_id(args.exercise or _current_exercise())
     level = max(1, min(args.level, len(exercise.hints)))
     print(
@@ -46,8 +76,8 @@ def cmd_hint(args: argparse.Namespace) -> int:
         f" ({LEVEL_NAMES[lang][level]})\n"
     )
     print(exercise.hint(level, lang))
-    data = progress.read()
-    step = (data or {}).get("next") or {}
+    raw = progress.read()
+    step = (refresh(raw, lang) if raw else {}).get("next") or {}
     if step.get("id") == exercise.id and step.get("test") and level == 1:
         specific = exercise.hint_for_test(step["test"], lang)
         if specific:
@@ -78,10 +108,31 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(data, ensure_ascii=False, indent=2))
         return 0
     lang = language(args.lang)
-    print(t("title", lang))
-    for line, _ in report_lines(data, lang):
+    where = _provenance(data, lang)
+    print(t("title", lang) + (f" ({where})" if where else ""))
+    for line, _ in report_lines(refresh(data, lang), lang):
         print(line)
+    if args.all:
+        print()
+        print(t("all failures", lang) + ":")
+        for line in failure_lines(data):
+            print(line)
     return 0
+
+
+def failure_lines(data: dict) -> list[str]:
+    """Every failing test of the run, with where it failed and its whole message."""
+    lines = []
+    for record in data.get("tests", []):
+        if record.get("outcome") != "failed":
+            continue
+        where = f" ({record['where']})" if record.get("where") else ""
+        lines.append(f" ✘ {record['exercise']} {record['name']}{where}")
+        message = (record.get("message") or record.get("error_type") or "").strip()
+        lines.extend(f"     {line}" for line in message.splitlines() or [""])
+        if record.get("example"):
+            lines.append(f"     example: {record['example']}")
+    return lines or ["  (none)"]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -149,81 +200,10 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _snapshot(folder: Path) -> dict[str, float]:
-    return {str(p): p.stat().st_mtime_ns for p in folder.glob("*.py")}
-
-
-def _wait_for_change(
-    folder: Path, interval: float, use_events: bool, before: dict[str, float]
-) -> None:
-    """Return once a .py file in `folder` differs from `before` (taken before the last run,
-    so a save made while the tests ran is not missed)."""
-    if _snapshot(folder) != before:
-        return
-    if use_events:
-        try:
-            from watchdog.events import FileSystemEventHandler
-            from watchdog.observers import Observer
-        except ImportError:
-            use_events = False
-    if use_events:
-        import threading
-
-        changed = threading.Event()
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event):
-                if str(event.src_path).endswith(".py"):
-                    changed.set()
-
-        observer = Observer()
-        observer.schedule(Handler(), str(folder), recursive=False)
-        observer.start()
-        try:
-            changed.wait()
-        finally:
-            observer.stop()
-            observer.join()
-        return
-    # Polling fallback: works everywhere (network drives, containers, no watchdog).
-    while _snapshot(folder) == before:
-        time.sleep(interval)
-
-
-def _run_exercise(exercise_id: str | None, extra: list[str]) -> int:
-    command = [sys.executable, "-m", "pytest"]
-    if exercise_id is None:
-        command.append("exercises/")
-    else:
-        command.append(str(by_id(exercise_id).test_file.relative_to(REPO_ROOT)))
-    return subprocess.run([*command, *extra], cwd=REPO_ROOT).returncode
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
-    folder = REPO_ROOT / "exercises"
-    runs = 0
-    print("watching exercises/*.py — save a file to rerun; Ctrl-C to stop", flush=True)
-    before = _snapshot(folder)
-    _run_exercise(None, args.pytest_args)  # the whole kata once: where are we?
-    runs += 1
-    try:
-        while args.max_runs is None or runs < args.max_runs:
-            _wait_for_change(folder, args.interval, not args.poll, before)
-            before = _snapshot(folder)
-            if args.clear and sys.stdout.isatty():
-                print("\033[2J\033[H", end="")
-            current = _current_exercise()
-            print(f"\n── change detected: rerunning exercise {current} ──", flush=True)
-            _run_exercise(current, args.pytest_args)
-            runs += 1
-            following = _current_exercise()
-            if following != current and (args.max_runs is None or runs < args.max_runs):
-                print(f"\n── {current} done: on to {following} ──", flush=True)
-                _run_exercise(following, args.pytest_args)
-                runs += 1
-    except KeyboardInterrupt:
-        print()
-    return 0
+    from lora_kata.watch import Watch
+
+    return Watch(args).run()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,15 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="print the last run's progress report")
     report.add_argument("--json", action="store_true", help="print the progress JSON instead")
+    report.add_argument(
+        "--all", action="store_true", help="also list every failing test and its message"
+    )
     report.add_argument("--progress", help="progress file (default .lora_kata/progress.json)")
     report.set_defaults(func=cmd_report)
 
     listing = sub.add_parser("list", help="list the exercises")
     listing.set_defaults(func=cmd_list)
 
-    watch = sub.add_parser("watch", help="rerun the current exercise on every save")
-    watch.add_argument("--poll", action="store_true", help="poll file times instead of events")
-    watch.add_argument("--interval", type=float, default=0.5, help="polling interval, seconds")
+    watch = sub.add_parser("watch", help="rerun what a save affects, at once")
+    watch.add_argument("--poll", action="store_true", help=argparse.SUPPRESS)  # always polls
+    watch.add_argument("--interval", type=float, default=0.05, help="polling interval, seconds")
+    watch.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="a fresh `python -m pytest` per run instead of the warm worker (slower)",
+    )
     watch.add_argument("--max-runs", type=int, default=None, help=argparse.SUPPRESS)
     watch.add_argument(
         "--no-clear",

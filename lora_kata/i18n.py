@@ -53,6 +53,31 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "本练习还有 {n} 个失败",
     },
     "impl": {"en": "testing: {impl}", "zh": "正在测试：{impl}"},
+    "changed since": {"en": "changed since its last run", "zh": "上次运行后代码已改动"},
+    "changed run": {
+        "en": "Its code changed since it last ran, so its old result no longer counts: "
+        "pytest exercises/ -k test_{id}",
+        "zh": "上次运行后相关代码有改动，旧结果不再算数，请重新运行："
+        "pytest exercises/ -k test_{id}",
+    },
+    "does not compile": {"en": "{where} does not compile", "zh": "{where} 有语法错误"},
+    "fix unparsable": {
+        "en": "Not done yet: {where} does not compile. Fix it, then run the kata again:",
+        "zh": "还没有完成：{where} 有语法错误，修好后请重新运行：",
+    },
+    "from run": {
+        "en": "from the run at {time}, {ago} ago",
+        "zh": "来自 {time} 的运行（{ago}前）",
+    },
+    "changed files": {"en": "files changed since: {files}", "zh": "此后改动过的文件：{files}"},
+    "no changes": {"en": "no file changed since", "zh": "此后没有文件改动"},
+    "all failures": {"en": "Every failing test", "zh": "全部未通过的测试"},
+    "kata is": {
+        "en": "The kata is `pytest exercises/`. (Plain `pytest` here would be the kata's own "
+        "quality suite: `pytest tests/` or LORA_KATA_QUALITY=1 pytest runs it.)",
+        "zh": "做练习请运行 `pytest exercises/`。（在这里直接运行 pytest 会跑 kata 自身的质量测试；"
+        "确实要跑，请用 `pytest tests/` 或 LORA_KATA_QUALITY=1 pytest。）",
+    },
 }
 
 

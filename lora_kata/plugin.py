@@ -3,6 +3,9 @@
 It registers the kata's options, picks the implementation, puts a timeout on every exercise
 test, skips the tests of an exercise whose prerequisites are not done, records why each test
 failed, writes the progress file and prints the progress report.
+
+Speed matters (a learner reruns it after every edit): `-k test_NN` does not even import the
+other exercises' test files, and heavy libraries are configured only once a test imports them.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from lora_kata import REPO_ROOT, impl, progress
+from lora_kata import REPO_ROOT, fingerprint, impl, progress
 from lora_kata.catalog import by_id, exercise_of_test_file, load_catalog
+from lora_kata.collect import keyword_excludes_file
 from lora_kata.i18n import language, t
 from lora_kata.progress import (
     BROKEN,
@@ -75,7 +79,12 @@ class KataState:
         self.lang = language(config.getoption("--lang"))
         self.impl = impl.current()
         self.progress_path = Path(config.getoption("--kata-progress") or progress.default_path())
-        self.previous = progress.last_statuses(self.impl, self.progress_path)
+        try:
+            self.fingerprints = fingerprint.fingerprints(self.impl)
+        except OSError:
+            self.fingerprints = {}
+        self.files = fingerprint.file_hashes(fingerprint.implementation_dir(self.impl))
+        self.previous = progress.last_statuses(self.impl, self.progress_path, self.fingerprints)
         self.records: dict[str, TestRecord] = {}
         self.started = time.monotonic()
         self.summary: dict | None = None
@@ -88,14 +97,60 @@ def _state(config: pytest.Config) -> KataState:
     return config.stash[STATE_KEY]
 
 
+def _no_map_cache(datasets_module) -> None:
+    # datasets fingerprints a mapped function by its own code only: a helper it calls is
+    # referred to by name, so after the learner fixes the helper `map` would serve the old,
+    # cached result. Kata runs therefore never reuse a map cache.
+    datasets_module.disable_caching()
+
+
+# Distributions whose modules pytest marks for assertion rewriting because they ship a pytest
+# plugin: rewriting Hypothesis's ~80 library modules costs a second or more on every run where
+# bytecode is not cached (PYTHONDONTWRITEBYTECODE), and no test asserts inside them.
+NOT_REWRITTEN = ("hypothesis", "_hypothesis_pytestplugin", "_hypothesis_globals")
+
+
+def _lighter_pytest(config: pytest.Config) -> None:
+    """Two pytest costs a learner pays on every run for nothing (pytest internals: if they
+    moved, leave everything as it is)."""
+    try:
+        from _pytest.assertion.rewrite import assertstate_key
+
+        hook = config.stash[assertstate_key].hook
+        must_rewrite = hook._must_rewrite
+        if isinstance(must_rewrite, set):
+            must_rewrite.difference_update(NOT_REWRITTEN)
+            hook._marked_for_rewrite_cache.clear()
+    except (ImportError, KeyError, AttributeError):
+        pass
+    try:
+        from _pytest.unraisableexception import gc_collect_iterations_key
+
+        # Five full garbage collections at exit (with torch loaded, 0.1-0.5 s each) only to
+        # find exceptions raised in __del__ of garbage: nothing the kata's report shows.
+        config.stash[gc_collect_iterations_key] = 0
+    except ImportError:
+        pass
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    from lora_kata.hypothesis_profiles import register_and_load
+    from lora_kata.hypothesis_profiles import profile_name, register_and_load
+    from lora_kata.post_import import when_imported
+    from lora_kata.quiet import silence_bitsandbytes_cpu_notices
 
     if config.getoption("--solutions"):
         os.environ[impl.ENV_VAR] = "solutions"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    register_and_load()
+    # bitsandbytes wraps a few CPU kernels in torch.compile at import, which imports the
+    # whole inductor compiler (seconds) for functions the 8-bit path never calls; with
+    # dynamo off they run eagerly, as bitsandbytes itself falls back to on any failure.
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    _lighter_pytest(config)
+    profile_name()  # an unknown HYPOTHESIS_PROFILE is an error now, not mid-run
+    when_imported("hypothesis", register_and_load)  # before any @given reads the default
+    when_imported("datasets", _no_map_cache)
+    silence_bitsandbytes_cpu_notices()
     learner = impl.current() == "exercises"
     if config.option.tbstyle == "auto":
         # The report is the interface; `--tb=short` brings the tracebacks back.
@@ -103,6 +158,16 @@ def pytest_configure(config: pytest.Config) -> None:
     if learner and config.option.reportchars == "fE":
         config.option.reportchars = ""
     config.stash[STATE_KEY] = KataState(config)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """`-k test_02` never imports the other exercises' test files (nor their libraries)."""
+    if collection_path.suffix != ".py" or exercise_of_test_file(collection_path) is None:
+        return None
+    keyword = config.getoption("keyword")
+    if keyword and keyword_excludes_file(keyword, collection_path):
+        return True
+    return None
 
 
 def _exercise_of(item: pytest.Item) -> str | None:
@@ -136,7 +201,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     state = _state(item.config)
     for req in by_id(exercise_id).requires:
-        status = _status_so_far(state, req) or state.previous.get(req)
+        status = _status_so_far(state, req) or state.previous.statuses.get(req)
         if status is not None and status != DONE:
             title = by_id(req).title_in(state.lang)
             # The reason starts "finish NN first" (in English: it is parsed back below).
@@ -244,10 +309,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     state = _state(config)
     records = list(state.records.values())
-    results = progress.summarise(records, state.previous)
-    step = next_step(results, records, state.lang)
+    results = progress.summarise(records, state.previous, state.fingerprints)
+    unparsable = fingerprint.unparsable(state.impl)
+    step = next_step(results, records, state.lang, unparsable)
     state.summary = progress.as_json(
-        state.impl, state.lang, results, records, step, time.monotonic() - state.started
+        state.impl,
+        state.lang,
+        results,
+        records,
+        step,
+        time.monotonic() - state.started,
+        files=state.files,
+        unparsable=unparsable,
     )
     if records:
         progress.write(state.summary, state.progress_path)
@@ -266,6 +339,7 @@ __all__ = [
     "pytest_addoption",
     "pytest_collection_modifyitems",
     "pytest_configure",
+    "pytest_ignore_collect",
     "pytest_runtest_logreport",
     "pytest_runtest_makereport",
     "pytest_runtest_setup",

@@ -73,6 +73,8 @@ class ExerciseResult:
     broken_at: str | None = None
     broken_message: str | None = None
     last_status: str | None = None  # for exercises not run this time
+    changed: bool = False  # not run this time, and its code changed since its last run
+    fingerprint: str | None = None  # of the files its status was measured on (fingerprint.py)
     skipped_here: list[str] = field(default_factory=list)  # reasons (no GPU, ...)
 
 
@@ -89,16 +91,36 @@ def read(path: Path | None = None) -> dict | None:
     return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
 
 
-def last_statuses(impl: str, path: Path | None = None) -> dict[str, str]:
-    """Each exercise's status in the last run of the same implementation."""
+@dataclass
+class Previous:
+    """What the last run of the same implementation found, as far as it still holds."""
+
+    statuses: dict[str, str] = field(default_factory=dict)  # still valid: code unchanged
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # (passed, total) then
+    changed: set[str] = field(default_factory=set)  # had a status, but its code changed since
+
+
+def last_statuses(
+    impl: str, path: Path | None = None, current: dict[str, str] | None = None
+) -> Previous:
+    """Each exercise's status in the last run of the same implementation, kept only where
+    its fingerprint (`current`, from lora_kata.fingerprint) still matches."""
     data = read(path)
+    previous = Previous()
     if not data or data.get("impl") != impl:
-        return {}
-    out = {}
+        return previous
     for e in data.get("exercises", []):
-        status = e.get("status")
-        out[e["id"]] = e.get("last_status") if status == NOT_RUN else status
-    return {k: v for k, v in out.items() if v}
+        status = e.get("last_status") if e.get("status") == NOT_RUN else e.get("status")
+        if e.get("changed"):
+            previous.changed.add(e["id"])  # still unchecked since an earlier edit
+        if not status:
+            continue
+        if current is not None and e.get("fingerprint") != current.get(e["id"]):
+            previous.changed.add(e["id"])
+        else:
+            previous.statuses[e["id"]] = status
+            previous.counts[e["id"]] = (int(e.get("passed", 0)), int(e.get("total", 0)))
+    return previous
 
 
 def exercise_status(exercise: Exercise, records: list[TestRecord]) -> ExerciseResult:
@@ -129,13 +151,20 @@ def exercise_status(exercise: Exercise, records: list[TestRecord]) -> ExerciseRe
     return result
 
 
-def summarise(records: list[TestRecord], previous: dict[str, str]) -> list[ExerciseResult]:
+def summarise(
+    records: list[TestRecord], previous: Previous, current: dict[str, str] | None = None
+) -> list[ExerciseResult]:
     results = []
     for exercise in load_catalog():
         mine = [r for r in records if r.exercise == exercise.id]
         result = exercise_status(exercise, mine)
         if result.status == NOT_RUN:
-            result.last_status = previous.get(exercise.id)
+            result.last_status = previous.statuses.get(exercise.id)
+            result.changed = exercise.id in previous.changed
+            if result.last_status:  # its counts still hold: the bar shows the whole kata
+                result.passed, result.total = previous.counts.get(exercise.id, (0, 0))
+        if result.status != NOT_RUN or result.last_status:
+            result.fingerprint = (current or {}).get(exercise.id)
         results.append(result)
     return results
 
@@ -146,9 +175,13 @@ def effective_status(status: str, last_status: str | None) -> str | None:
 
 
 def next_exercise(results: list[ExerciseResult]) -> ExerciseResult | None:
-    """The first exercise of this run that is not done; else the first not done at all."""
+    """What to work on: the first exercise this run found wrong (not merely waiting), else the
+    first whose latest known status is neither done nor waiting, else the first not done."""
     for result in results:
-        if result.status not in (NOT_RUN, DONE):
+        if result.status not in (NOT_RUN, DONE, WAITING_STATUS):
+            return result
+    for result in results:
+        if effective_status(result.status, result.last_status) not in (DONE, WAITING_STATUS):
             return result
     for result in results:
         if effective_status(result.status, result.last_status) != DONE:
@@ -175,6 +208,9 @@ def as_json(
     records: list[TestRecord],
     next_step: dict | None,
     duration_s: float,
+    *,
+    files: dict[str, str] | None = None,
+    unparsable: list[dict] | None = None,
 ) -> dict:
     return {
         "schema": SCHEMA,
@@ -187,4 +223,6 @@ def as_json(
         "exercises": [asdict(r) for r in results],
         "next": next_step,
         "tests": [asdict(r) for r in records],
+        "files": files or {},  # {module: content hash} when the run started
+        "unparsable": unparsable or [],  # implementation files that do not compile
     }

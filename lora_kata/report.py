@@ -5,9 +5,10 @@ It is drawn from the same dict that is written to the progress file, so both alw
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 
-from lora_kata import REPO_ROOT
+from lora_kata import REPO_ROOT, fingerprint
 from lora_kata.catalog import by_id
 from lora_kata.i18n import t
 from lora_kata.progress import (
@@ -44,9 +45,20 @@ def _relative_lesson(exercise_id: str, lang: str) -> str:
     return f"lessons/{lang}/{exercise.id}-{exercise.slug}.md"
 
 
-def next_step(results: list[ExerciseResult], records: list[TestRecord], lang: str) -> dict | None:
-    """The next exercise, where to edit, and the first failure with its hint."""
+def next_step(
+    results: list[ExerciseResult],
+    records: list[TestRecord],
+    lang: str,
+    unparsable: list[dict] | None = None,
+) -> dict | None:
+    """The next exercise, where to edit, and the first failure with its hint.
+
+    "All done" needs every exercise done on the current code and every file compiling."""
     target = next_exercise(results)
+    if target is None and unparsable:
+        first = unparsable[0]
+        where = f"{first['file']}:{first['line']}" if first.get("line") else first["file"]
+        return {"unparsable": where, "message": first["message"]}
     if target is None:
         return {"all_done": True} if results else None
     exercise = by_id(target.id)
@@ -62,6 +74,8 @@ def next_step(results: list[ExerciseResult], records: list[TestRecord], lang: st
         "lesson": _relative_lesson(exercise.id, lang),
         "more": f"lora-kata hint {exercise.id} --level 2",
     }
+    if target.status == NOT_RUN and target.changed:
+        step["changed"] = True  # its code changed since its last run: run it, then judge
     failures = [r for r in records if r.exercise == exercise.id and r.outcome == FAILED]
     if not failures:
         step["hint"] = exercise.hint(1, lang)
@@ -112,6 +126,41 @@ def _enclosing_definition(where: str) -> tuple[str, str] | None:
     return f"exercises/{path.rsplit('/', 1)[-1]}", name
 
 
+def refresh(data: dict, lang: str | None = None) -> dict:
+    """The last run's progress data, corrected for the code as it is now.
+
+    An exercise whose files changed since that run is shown as not run (changed), its old
+    status no longer counts, files that no longer compile are listed, and the next step is
+    worked out again: a report printed later (by `lora-kata report`, `hint` or `watch`) is
+    never greener than the code."""
+    impl = data.get("impl") or "exercises"
+    try:
+        current = fingerprint.fingerprints(impl)
+        unparsable = fingerprint.unparsable(impl)
+    except OSError:
+        return data
+    fields = {f.name for f in dataclasses.fields(ExerciseResult)}
+    results = []
+    for entry in data.get("exercises", []):
+        result = ExerciseResult(**{k: v for k, v in entry.items() if k in fields})
+        measured = effective_status(result.status, result.last_status) is not None
+        if measured and result.fingerprint != current.get(result.id):
+            result = ExerciseResult(result.id, result.title, NOT_RUN, changed=True)
+        results.append(result)
+    record_fields = {f.name for f in dataclasses.fields(TestRecord)}
+    records = [
+        TestRecord(**{k: v for k, v in r.items() if k in record_fields})
+        for r in data.get("tests", [])
+    ]
+    fresh = dict(data)
+    fresh["exercises"] = [dataclasses.asdict(r) for r in results]
+    fresh["passed"] = sum(r.passed for r in results)
+    fresh["total"] = sum(r.total for r in results)
+    fresh["unparsable"] = unparsable
+    fresh["next"] = next_step(results, records, lang or data.get("lang") or "en", unparsable)
+    return fresh
+
+
 def render_report(terminal, data: dict, lang: str) -> None:
     """Print the report with pytest's terminal writer (colours where the terminal has them)."""
     terminal.write_sep("─", t("title", lang), bold=True)
@@ -133,7 +182,9 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
             words = t("waiting", lang, req=", ".join(e["waiting_for"]))
         elif status == NOT_RUN:
             words = t("not run", lang)
-            if e.get("last_status"):
+            if e.get("changed") and not e.get("last_status"):
+                words += " (" + t("changed since", lang) + ")"
+            elif e.get("last_status"):
                 last = e["last_status"]
                 last_words = t("waiting plain" if last == WAITING_STATUS else last, lang)
                 words += " (" + t("last run", lang, status=last_words) + ")"
@@ -149,6 +200,10 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
         out.append((text.rstrip(), {colour: True} if colour else {}))
         for reason in e.get("skipped_here") or []:
             out.append((f"       {t('skipped', lang)}: {reason}", {}))
+    for problem in data.get("unparsable") or []:
+        where = f"{problem['file']}:{problem['line']}" if problem.get("line") else problem["file"]
+        out.append((f" ! {t('does not compile', lang, where=where)}", {"red": True}))
+        out.append((f"       {problem['message']}", {}))
     passed, total = data["passed"], data["total"]
     done = sum(effective_status(e["status"], e.get("last_status")) == DONE for e in exercises)
     filled = round(BAR_WIDTH * passed / total) if total else 0
@@ -165,6 +220,10 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
     if not step:
         return out
     out.append(("", {}))
+    if step.get("unparsable"):
+        out.append((" " + t("fix unparsable", lang, where=step["unparsable"]), {"red": True}))
+        out.append(("   " + step["message"], {}))
+        return out
     if step.get("all_done"):
         package = (
             data.get("impl") if data.get("impl") in ("exercises", "solutions") else "exercises"
@@ -174,6 +233,10 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
     out.append((f" {t('next', lang)}: {step['id']} {step['title']}", {"bold": True}))
     out.append((f"   {t('edit', lang)}: {step['file']} → {step['function']}", {}))
     out.append((f"   {t('lesson', lang)}: {step['lesson']}", {}))
+    if step.get("changed"):
+        out.append(("", {}))
+        out.append((" " + t("changed run", lang, id=step["id"]), {"yellow": True}))
+        return out
     if step.get("why") == BROKEN_STATUS or step.get("why") == "broken":
         out.append(("", {}))
         out.append((" " + t("broken detail", lang, where=step.get("where")), {"red": True}))

@@ -1,7 +1,10 @@
 """The learner's small commands: hint, lesson, report, reset, watch."""
 
+import json
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 from lora_kata.catalog import by_id
@@ -61,46 +64,108 @@ def test_reset_restores_one_exercises_stubs_and_keeps_the_rest(tmp_path):
     assert backups and backups[0].read_text(encoding="utf-8") == solved
 
 
-def test_watch_reruns_the_current_exercise_when_a_file_changes(tmp_path):
+class Watcher:
+    """`lora-kata watch` in a subprocess, its output collected by a thread."""
+
+    def __init__(self, cwd, *args):
+        env = clean_env(LORA_KATA_LANG="en", PYTHONUNBUFFERED="1", HYPOTHESIS_PROFILE="ci")
+        env["LORA_KATA_WATCH_EVENTS"] = str(cwd / "events.jsonl")
+        self.events = cwd / "events.jsonl"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lora_kata", "watch", "--no-clear", "--max-runs", "40", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, predicate, what: str, timeout: float = 300):
+        deadline = time.monotonic() + timeout
+        while not predicate(self.output):
+            assert self.process.poll() is None, f"watch exited early:\n{self.output}"
+            assert time.monotonic() < deadline, f"watch never showed {what}:\n{self.output}"
+            time.sleep(0.1)
+
+    def event_kinds(self) -> list[str]:
+        if not self.events.is_file():
+            return []
+        return [json.loads(line)["event"] for line in self.events.read_text().splitlines()]
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.reader.join(timeout=10)
+        return self.output
+
+
+def test_watch_reruns_what_a_save_affects(tmp_path):
     copy_kata(tmp_path)
-    env = clean_env(LORA_KATA_LANG="en", PYTHONUNBUFFERED="1")
-    watcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lora_kata",
-            "watch",
-            "--poll",
-            "--interval",
-            "0.2",
-            "--max-runs",
-            "2",
-            "--no-clear",
-            "--",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-        ],
+    watcher = Watcher(tmp_path)
+    try:
+        # It starts at once and checks the untouched kata in the background...
+        watcher.wait_for(lambda out: "more help:" in out, "a first report")
+        time.sleep(0.3)
+        # ...then solving exercise 01 (saving the reference lora.py) reruns 01.
+        solved = (REPO / "solutions" / "lora.py").read_text(encoding="utf-8")
+        (tmp_path / "exercises" / "lora.py").write_text(solved, encoding="utf-8")
+        watcher.wait_for(
+            lambda out: (
+                "saved exercises/lora.py" in out
+                and " ✔ 01  " in out.split("saved exercises/lora.py", 1)[1]
+            ),
+            "01 done after the save",
+        )
+    finally:
+        output = watcher.stop()
+    after = output.split("saved exercises/lora.py", 1)[1]
+    assert "rerunning 01" in after, f"the save should rerun 01 (lora.py):\n{output}"
+    assert "Every exercise is done" not in output, output
+
+
+def test_watch_never_says_done_with_a_broken_file(tmp_path):
+    copy_kata(tmp_path)
+    for source in (REPO / "solutions").glob("*.py"):
+        (tmp_path / "exercises" / source.name).write_text(source.read_text(encoding="utf-8"))
+    env = clean_env(LORA_KATA_LANG="en", HYPOTHESIS_PROFILE="ci", OMP_NUM_THREADS="1")
+    full = subprocess.run(
+        [sys.executable, "-m", "pytest", "exercises/", "-q", "-p", "no:cacheprovider"],
         cwd=tmp_path,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        capture_output=True,
         text=True,
+        timeout=900,
     )
-    lines = []
-    deadline = time.monotonic() + 240
-    # Wait for the first report, then solve exercise 01 by saving the reference lora.py.
-    for line in watcher.stdout:
-        lines.append(line)
-        if "more help:" in line:
-            break
-        assert time.monotonic() < deadline, "".join(lines)
-    time.sleep(0.5)
-    solved = (REPO / "solutions" / "lora.py").read_text(encoding="utf-8")
-    (tmp_path / "exercises" / "lora.py").write_text(solved, encoding="utf-8")
-    rest, _ = watcher.communicate(timeout=240)
-    output = "".join(lines) + rest
-    assert watcher.returncode == 0, output
-    assert "change detected: rerunning exercise 01" in output, output
-    second = output.split("change detected", 1)[1]
-    assert " ✔ 01  " in second and "done" in second, output
+    assert "Every exercise is done" in full.stdout, full.stdout[-3000:]
+    watcher = Watcher(tmp_path)
+    try:
+        # Nothing changed since that run: watch shows it at once, without rerunning.
+        watcher.wait_for(lambda out: "Every exercise is done" in out, "the last run's report", 60)
+        assert watcher.event_kinds() == [], f"watch reran an unchanged kata: {watcher.output}"
+        with open(tmp_path / "exercises" / "data.py", "a", encoding="utf-8") as handle:
+            handle.write("\ndef oops(:\n")
+        watcher.wait_for(lambda _: "final" in watcher.event_kinds(), "the end of the reruns")
+    finally:
+        output = watcher.stop()
+    after = output.split("saved exercises/data.py", 1)[-1]
+    assert "saved exercises/data.py" in output, output
+    assert "Every exercise is done" not in after, f"green with a broken data.py:\n{after}"
+    assert "exercises/data.py" in after and "does not" in after, (
+        f"the report after the save should say data.py is broken:\n{after}"
+    )
+    assert " ! 06" in after, f"06 (data.py) should be shown broken:\n{after}"

@@ -3,13 +3,23 @@
 Full runs are slow (they run every exercise test), so each is made once per module.
 """
 
+import json
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 from lora_kata.catalog import by_id, load_catalog
-from tests.kata_harness import REPO, copy_kata, copy_solutions, run_kata, solutions_with_stub
+from tests.kata_harness import (
+    REPO,
+    clean_env,
+    copy_kata,
+    copy_solutions,
+    run_kata,
+    solutions_with_stub,
+)
 
 IDS = [e.id for e in load_catalog()]
 
@@ -153,3 +163,51 @@ def test_each_exercise_fails_on_its_own_untouched_stub(exercise, tmp_path):
         if t["outcome"] != "failed" or t["why"] != "own stub"
     ]
     assert not wrong, f"tests of {exercise.id} that did not fail on its own stub: {wrong}"
+
+
+def _seed_all_done(impl, path):
+    """A progress file saying every exercise passed on the implementation as it is now."""
+    from lora_kata import fingerprint
+
+    prints = fingerprint.fingerprints(str(impl))
+    exercises = [
+        {"id": e.id, "title": e.title["en"], "status": "done", "passed": 1, "total": 1}
+        | {"fingerprint": prints[e.id]}
+        for e in load_catalog()
+    ]
+    data = {"schema": 1, "impl": str(impl), "lang": "en", "exercises": exercises, "tests": []}
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+KATA_01 = [sys.executable, "-m", "pytest", "exercises/", "-k", "test_01", "-q"]
+
+
+def _partial_run(impl, progress):
+    return subprocess.run(
+        [*KATA_01, "--kata-progress", str(progress), "-p", "no:cacheprovider"],
+        cwd=REPO,
+        env=clean_env(LORA_KATA_IMPL=str(impl), LORA_KATA_LANG="en", OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_a_partial_run_after_an_edit_elsewhere_is_never_all_done(tmp_path):
+    impl = copy_solutions(tmp_path)
+    progress = tmp_path / "progress.json"
+    _seed_all_done(impl, progress)
+    unchanged = _partial_run(impl, progress)
+    assert "Every exercise is done" in unchanged.stdout, (
+        "control: with nothing edited, -k test_01 may rely on the other exercises' results\n"
+        + unchanged.stdout[-3000:]
+    )
+    _seed_all_done(impl, progress)
+    with open(impl / "data.py", "a", encoding="utf-8") as handle:
+        handle.write("\ndef oops(:\n")
+    edited = _partial_run(impl, progress)
+    output = edited.stdout
+    assert "Every exercise is done" not in output, f"green with a broken data.py:\n{output}"
+    row = next((line for line in output.splitlines() if re.match(r" \S 06  ", line)), "")
+    assert "changed since its last run" in row, f"06's old result must not count: {row!r}"
+    assert "data.py:" in output and "does not compile" in output, output[-3000:]
