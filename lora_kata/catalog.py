@@ -2,7 +2,7 @@
 
 Each file declares the exercise's order (`id`), title, the functions the learner edits
 (`functions`, qualified by module: "lora.LoRALinear.forward"), its prerequisites (`requires`),
-the per-test timeout, three tiers of hints (a nudge, the concept, nearly the answer) and
+the per-test timeout, three tiers of hints (a nudge, the concept, the steps and API names) and
 optional hints for specific tests (`[tests.<test name>]`), all in English and 简体中文.
 The lesson and the test file are found by convention from `id` and `slug`.
 `validate()` is what the quality suite runs over it.

@@ -1,11 +1,12 @@
 """`lora-kata` (or `python -m lora_kata`): hints, lessons, the report, watch mode, reset.
 
-lora-kata hint [NN] [--level 1|2|3]   tiered hints (a nudge, the concept, nearly the answer)
+lora-kata hint [NN] [--level 1|2|3]   tiered hints (a nudge, the concept, the steps and API names)
 lora-kata lesson [NN]                 print the lesson
 lora-kata report [--all] [--json]     the last run's report (every failure, or its JSON)
 lora-kata watch                       rerun what a save affects, within a second of saving
 lora-kata reset NN                    put exercise NN's stubs back (your other work stays)
 lora-kata list                        the exercises, their files and functions
+lora-kata try [NN] [--solutions]      a lesson's experiment on your code (a table and a picture)
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from lora_kata.report import refresh, report_lines
 from lora_kata.splice import replace_definitions
 
 LEVEL_NAMES = {
-    "en": {1: "a nudge", 2: "the concept", 3: "nearly the answer"},
-    "zh": {1: "点拨", 2: "概念", 3: "接近答案"},
+    "en": {1: "a nudge", 2: "the concept", 3: "the steps and the API names"},
+    "zh": {1: "点拨", 2: "概念", 3: "具体步骤和要用的 API"},
 }
 
 
@@ -232,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="list the exercises")
     listing.set_defaults(func=cmd_list)
+
+    from lora_kata.experiments.cli import add_parser as add_try_parser
+
+    add_try_parser(sub)
 
     watch = sub.add_parser("watch", help="rerun what a save affects, at once")
     watch.add_argument("--poll", action="store_true", help=argparse.SUPPRESS)  # always polls

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 
@@ -21,28 +20,17 @@ def gib(n_bytes: int) -> str:
     return f"{n_bytes / 2**30:.2f} GiB"
 
 
-class _Once(logging.Filter):
-    """Let a repeated log message through once (bitsandbytes logs one per CPU matmul)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        key = record.getMessage()
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        return True
-
-
 def quiet_libraries() -> None:
-    """One bitsandbytes CPU-cast message instead of one per matmul; no progress bar for a
-    548-row map. (A deprecation notice for gradient_checkpointing_enable is left visible: 07
-    calls activation_checkpointing_enable, so the notice means the learner's 07 is behind.)"""
-    bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
-    if not any(isinstance(f, _Once) for f in bnb_logger.filters):
-        bnb_logger.addFilter(_Once())
+    """No bitsandbytes CPU notices (lora_kata/quiet.py; docs/developing.md says what they
+    mean), no progress bars for a 548-row map or for loading a small model's weights. (A
+    deprecation notice for gradient_checkpointing_enable is left visible: 07 calls
+    activation_checkpointing_enable, so the notice means the learner's 07 is behind.)"""
+    from lora_kata.quiet import silence_bitsandbytes_cpu_notices
+
+    silence_bitsandbytes_cpu_notices()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         import datasets
 
