@@ -125,12 +125,17 @@ def solutions_with_stub(exercise: Exercise, destination: Path) -> Path:
 
 @dataclass(frozen=True)
 class Mutant:
+    """A common mistake: `find` → `replace` in solutions/`file`. `fails` names the tests of
+    `exercise` (function names, without parameters) that blame this mistake and nothing else
+    may fail; `expect` is a phrase the English report must show."""
+
     id: str
     exercise: str
     file: str
     find: str
     replace: str
     expect: str
+    fails: tuple[str, ...] = ()
 
     def apply(self, destination: Path) -> Path:
         target = copy_solutions(destination)
@@ -150,12 +155,18 @@ def load_mutants() -> list[Mutant]:
     mutants = []
     for path in sorted(MUTANTS_DIR.glob("*.toml")):
         for entry in tomllib.loads(path.read_text(encoding="utf-8")).get("mutant", []):
+            entry["fails"] = tuple(entry.get("fails", ()))
             mutants.append(Mutant(**entry))
     return mutants
 
 
 def exercise_test_path(exercise_id: str) -> str:
     return str(by_id(exercise_id).test_file.relative_to(REPO))
+
+
+def test_function_name(name: str) -> str:
+    """`test_x[param-1]` → `test_x`: the catalogue lists functions, not their parameters."""
+    return name.split("[", 1)[0]
 
 
 def normalise(text: str) -> str:

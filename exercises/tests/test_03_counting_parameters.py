@@ -79,14 +79,20 @@ def test_buffers_are_not_counted():
         "(running_mean, position_ids...) counted? They are not parameters: count "
         "model.parameters(), not the state_dict"
     )
-    assert trainable == total
+    assert trainable == total, (
+        f"every parameter here requires grad, so trainable should equal total = {total}, got "
+        f"{trainable} (are trainable parameters counted differently from the total?)"
+    )
 
 
 def test_tied_weights_are_counted_once():
     from lora_kata.tiny import build_tiny_opt
 
     model = build_tiny_opt()  # lm_head.weight is the same tensor as embed_tokens.weight
-    assert model.lm_head.weight is model.model.decoder.embed_tokens.weight
+    assert model.lm_head.weight is model.model.decoder.embed_tokens.weight, (
+        "the tiny OPT should tie lm_head.weight to embed_tokens.weight: a kata setup problem, "
+        "not your code (reinstall the kata's dependencies)"
+    )
     unique = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     trainable, total = counting.count_parameters(model)
     tied = model.lm_head.weight.numel()
@@ -96,7 +102,10 @@ def test_tied_weights_are_counted_once():
         + ": OPT's lm_head.weight IS embed_tokens.weight; count each Parameter once "
         "(model.parameters(), not state_dict() or named_parameters(remove_duplicate=False))"
     )
-    assert trainable == total
+    assert trainable == total, (
+        f"every parameter of the tiny OPT requires grad, so trainable should equal total = "
+        f"{total}, got {trainable} (is the tied weight counted once in one and twice in the other?)"
+    )
 
 
 def test_a_module_used_twice_is_counted_once():
@@ -159,7 +168,10 @@ def test_lora_parameter_count_is_r_times_in_plus_out(dims):
         f"(A: {r}×{k}, B: {d}×{r}), got {got}"
         + (": that is r·in·out, the full ΔW, which LoRA never stores" if got == r * k * d else "")
     )
-    assert type(got) is int
+    assert type(got) is int, (
+        f"lora_parameter_count should return a plain int, got {type(got).__name__} {got!r} "
+        "(a float from a division, or a tensor?)"
+    )
 
 
 def test_lora_parameter_count_for_one_opt_6_7b_projection_is_131072():
@@ -212,4 +224,9 @@ def test_table_5_budgets_are_all_18_874_368(types, r, wikisql, mnli):
         f"counting the LoRA matrices on GPT-3's attention ({'+'.join(types)}, r={r}) should give "
         f"{TABLE_5_BUDGET} trainable, got {trainable}"
     )
-    assert total == GPT3_LAYERS * 4 * (GPT3_D_MODEL + 1) * GPT3_D_MODEL + TABLE_5_BUDGET
+    frozen = GPT3_LAYERS * 4 * (GPT3_D_MODEL + 1) * GPT3_D_MODEL
+    assert total == frozen + TABLE_5_BUDGET, (
+        f"total should be the frozen attention weights and biases ({frozen}) plus the LoRA "
+        f"matrices ({TABLE_5_BUDGET}) = {frozen + TABLE_5_BUDGET}, got {total} (are frozen "
+        "parameters left out of the total?)"
+    )

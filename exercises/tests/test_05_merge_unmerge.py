@@ -108,7 +108,7 @@ def test_a_second_merge_is_a_no_op():
         + (": double merge, the weight now holds W0 + 2·ΔW" if doubled else "")
         + " (return early when self.merged is True)"
     )
-    assert layer.merged is True
+    assert layer.merged is True, f"after merge() self.merged should be True, found {layer.merged!r}"
 
 
 @given(distinct_dims(), scalings)
@@ -135,7 +135,9 @@ def test_unmerge_when_not_merged_is_a_no_op():
         "unmerge when not merged must do nothing, but it changed the weight (W0 − ΔW): "
         "return early when self.merged is False"
     )
-    assert layer.merged is False
+    assert layer.merged is False, (
+        f"unmerge() on an unmerged layer should leave self.merged False, found {layer.merged!r}"
+    )
 
 
 def test_unmerged_layer_adds_the_update_again():
@@ -180,7 +182,10 @@ def int8_layer(k=12, d=7, r=3):
     base = bnb.nn.Linear8bitLt(k, d, has_fp16_weights=False, threshold=0.0)
     base.load_state_dict(seeded_linear(k, d).state_dict())
     base = base.to("cpu")  # quantizes: the weight becomes int8 with one scale per row
-    assert base.weight.dtype == torch.int8
+    assert base.weight.dtype == torch.int8, (
+        f"moving a Linear8bitLt to the CPU should quantize it to int8, found {base.weight.dtype}: "
+        "a bitsandbytes setup problem, not your code"
+    )
     layer = lora.LoRALinear(base, r=r, alpha=2 * r)
     with torch.no_grad():
         layer.lora_B.copy_(seeded_randn(d, r, seed=3))
@@ -244,7 +249,11 @@ def test_merge_lora_merges_every_layer_and_keeps_the_logits():
         f"{len(layers)} are still unmerged"
     )
     for layer, w in zip(layers, w0, strict=True):
-        assert torch.allclose(layer.base.weight, w + expected_delta(layer), atol=1e-5)
+        got = layer.base.weight.detach()
+        assert torch.allclose(got, w + expected_delta(layer), atol=1e-5), (
+            "merge_lora should leave each base weight at W0 + ΔW (layer.merge()); max "
+            f"difference {(got - w - expected_delta(layer)).abs().max().item():.3g}"
+        )
     assert torch.allclose(after, before, atol=tolerance(before)), (
         f"the merged model's logits differ from the unmerged ones by "
         f"{(after - before).abs().max().item():.3g}"

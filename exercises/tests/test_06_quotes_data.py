@@ -184,7 +184,11 @@ def test_tokenize_adds_input_ids_and_attention_mask_from_the_quote_column():
             f"{got['input_ids'][:8]}..., expected {expected['input_ids'][:8]}... "
             "(tokenizing another column, such as author?)"
         )
-        assert got["attention_mask"] == expected["attention_mask"]
+        assert got["attention_mask"] == expected["attention_mask"], (
+            f"row {index}: attention_mask should be the tokenizer's own mask, got "
+            f"{got['attention_mask'][:8]}..., expected {expected['attention_mask'][:8]}... "
+            "(is the mask built by hand, or taken from another call?)"
+        )
 
 
 def test_tokenize_keeps_the_text_columns_and_the_row_order():
@@ -240,7 +244,11 @@ def test_tokenize_truncates_to_max_length_only_when_given():
             f"tokens (tokenizer(..., truncation=True, max_length={cut})), got {len(ids)}: "
             "is max_length ignored?"
         )
-        assert len(truncated[index]["attention_mask"]) == len(ids)
+        mask_length = len(truncated[index]["attention_mask"])
+        assert mask_length == len(ids), (
+            f"row {index}: the attention_mask should be as long as input_ids ({len(ids)}), got "
+            f"{mask_length} (truncated input_ids but not the mask?)"
+        )
 
 
 # ---------------------------------------------------------------- collate_for_causal_lm
