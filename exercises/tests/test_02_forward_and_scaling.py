@@ -183,6 +183,11 @@ def test_dropout_applies_to_the_updates_input_in_training():
         no_dropout = clean(x)
         torch.manual_seed(123)
         on_output = layer.base(x) + torch.nn.functional.dropout(no_dropout - layer.base(x), p=p)
+    assert not torch.allclose(no_dropout, layer.base(x), atol=1e-4), (
+        "with random A and B (and dropout off) forward returns base(x) alone: it adds no "
+        "update, so dropout cannot be judged (test_forward_adds_the_scaled_update_to_the_base_"
+        "output says what forward should add)"
+    )
     assert not torch.allclose(got, no_dropout, atol=1e-4), (
         "in training mode with dropout=0.5 the update should see dropout(x): is lora_dropout "
         "never applied?"
@@ -240,9 +245,15 @@ def test_gradients_reach_B_only_at_init_and_never_the_base():
     )
     out.pow(2).sum().backward()
     assert layer.base.weight.grad is None, "the frozen base weight must get no gradient"
-    assert layer.lora_B.grad is not None and layer.lora_B.grad.abs().sum() > 0, (
-        "at init B must get a gradient (A is random): is the update cut off from autograd "
-        "(torch.no_grad, .detach(), .data)?"
+    grad = layer.lora_B.grad
+    assert grad is not None and grad.abs().sum() > 0, (
+        "at init B must get a gradient (A is random): "
+        + (
+            "is the update cut off from autograd (torch.no_grad, .detach(), .data)?"
+            if grad is None
+            else "B's gradient is all zeros, so B never enters the output as s · x Aᵀ Bᵀ "
+            "(is the update multiplied away, or built from other tensors?)"
+        )
     )
     assert layer.lora_A.grad is None or torch.count_nonzero(layer.lora_A.grad) == 0, (
         "at init A's gradient is Bᵀ·(…) = 0, since B = 0"

@@ -264,9 +264,12 @@ def test_bias_all_trains_every_bias_in_the_model():
     model = inject.inject_lora(tiny_opt(), config(bias="all"))
     got = trainable_names(model) - lora_names(Q_AND_V)
     expected = bias_names(model)
+    missing, extra = sorted(expected - got), sorted(got - expected)
     assert got == expected, (
-        f'bias="all" treated as "lora_only"? every bias in the model should train (layer norms, '
-        f"fc1, k_proj... too): missing {sorted(expected - got)[:3]}, extra {sorted(got - expected)}"
+        ('bias="all" treated as "lora_only"? ' if missing and not extra else "")
+        + "every bias in the model should train (layer norms, fc1, k_proj... too) and nothing "
+        f"else but LoRA: missing {missing[:3]}, extra {extra[:3]}"
+        + (" (non-bias weights left trainable?)" if extra else "")
     )
 
 
@@ -368,6 +371,11 @@ def test_output_is_unchanged_right_after_injection():
 def test_gradients_reach_only_the_lora_matrices():
     model = inject.inject_lora(tiny_opt(), config())
     x = tokens()
+    trainable = trainable_names(model)
+    assert trainable, (
+        "nothing is trainable after inject_lora, so no gradient can flow: LoRA frozen? "
+        "Freeze everything first, then wrap"
+    )
     model(x, labels=x).loss.backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     extra = sorted(with_grad - lora_names(Q_AND_V))
