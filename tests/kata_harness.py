@@ -158,7 +158,10 @@ def run_kata_warm(
 ) -> KataRun:
     """run_kata, but forked from a warm process that has the heavy libraries imported: the
     same run (a new process, the same arguments and environment) without paying the imports
-    each time. For the many mutant runs; run_kata for everything else."""
+    each time. For the many mutant runs; run_kata for everything else (and where there is no
+    forkserver, as on Windows)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return run_kata(impl, *pytest_args, cwd=cwd, lang=lang, timeout=timeout)
     context = _warm_context()
     tag = f"warm-{os.getpid()}-{abs(hash((str(impl), pytest_args)))}"
     progress_path = Path(cwd) / ".lora_kata" / f"quality-{tag}.json"
