@@ -38,6 +38,8 @@ def _write_files_atomically(directory: Path, writers: dict[str, Callable[[str], 
     All the files are written (and fsynced) to temporary files in `directory` first; only when
     every one succeeded do they replace the old files (os.replace, atomic on one file system).
     A failure midway deletes the temporary files and leaves the previous files untouched.
+    The files get the permissions any new file gets (0o666 minus the umask, as open() gives),
+    not mkstemp's private 0o600.
     """
     directory.mkdir(parents=True, exist_ok=True)
     temporary: dict[str, str] = {}
@@ -49,12 +51,21 @@ def _write_files_atomically(directory: Path, writers: dict[str, Callable[[str], 
             write(path)
             with open(path, "rb") as written:
                 os.fsync(written.fileno())  # on disk before it takes the real name
+            os.chmod(path, 0o666 & ~_current_umask())
         for name, path in temporary.items():
             os.replace(path, directory / name)
     finally:
         for path in temporary.values():
             if os.path.exists(path):
                 os.remove(path)
+
+
+def _current_umask() -> int:
+    """The process's umask. os.umask can only set it (returning the old one), so set it and
+    put it straight back."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # What peft can store but our LoRALinear cannot reproduce: loading such a file would give
@@ -108,7 +119,8 @@ def save_adapter(model, directory, config: LoRAConfig, *, base_model_name_or_pat
           fan_in_fan_out False, use_rslora False, use_dora False, inference_mode True.
     - Write both files with _write_files_atomically(Path(directory), {WEIGHTS_NAME: ...,
       CONFIG_NAME: ...}); the weights with safetensors.torch.save_file(tensors, path,
-      metadata={"format": "pt"}).
+      metadata={"format": "pt"}). The files honour the umask (mode 0o666 minus the umask:
+      0o644 under umask 022, 0o600 under 077); the helper takes care of that.
     """
     # TODO(09): collect the tensors under peft's keys, build the config dict, write both files.
     raise NotImplementedError("Exercise 09: save_adapter")

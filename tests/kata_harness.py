@@ -4,6 +4,7 @@ what happened (the progress JSON the runner writes, and the printed report)."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -95,6 +96,109 @@ def run_kata(
     return KataRun(done.returncode, done.stdout + done.stderr, progress)
 
 
+# What every exercise run imports. A forkserver imports them once; each run is a fork of it
+# (a fresh process for the kata's own modules and the implementation under test).
+WARM_MODULES = [
+    "torch",
+    "hypothesis",
+    "pytest",
+    "safetensors.torch",
+    "transformers",
+    "transformers.models.opt.modeling_opt",
+    "peft",
+    "datasets",
+    "bitsandbytes",
+]
+_warm: multiprocessing.context.BaseContext | None = None
+
+
+def _warm_context() -> multiprocessing.context.BaseContext:
+    global _warm
+    if _warm is None:
+        # Read at import by torch and huggingface_hub: the forkserver must start with them.
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        _warm = multiprocessing.get_context("forkserver")
+        _warm.set_forkserver_preload(WARM_MODULES)
+    return _warm
+
+
+def stop_warm() -> None:
+    """Stop the forkserver (and reap it, so its CPU time is counted where it was spent)."""
+    global _warm
+    if _warm is None:
+        return
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)  # no public way to stop it
+    if stop is not None:
+        stop()
+    _warm = None
+
+
+def _pytest_in_child(args: list[str], env: dict[str, str], cwd: str, log: str) -> None:
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    sys.dont_write_bytecode = True
+    sys.path.insert(0, cwd)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    import pytest
+
+    code = pytest.main(args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code))
+
+
+def run_kata_warm(
+    impl: str | Path, *pytest_args: str, cwd: Path = REPO, lang: str = "en", timeout: float = 1200
+) -> KataRun:
+    """run_kata, but forked from a warm process that has the heavy libraries imported: the
+    same run (a new process, the same arguments and environment) without paying the imports
+    each time. For the many mutant runs; run_kata for everything else (and where there is no
+    forkserver, as on Windows)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return run_kata(impl, *pytest_args, cwd=cwd, lang=lang, timeout=timeout)
+    context = _warm_context()
+    tag = f"warm-{os.getpid()}-{abs(hash((str(impl), pytest_args)))}"
+    progress_path = Path(cwd) / ".lora_kata" / f"quality-{tag}.json"
+    log = Path(cwd) / ".lora_kata" / f"quality-{tag}.log"
+    progress_path.parent.mkdir(exist_ok=True)
+    progress_path.unlink(missing_ok=True)
+    env = clean_env(
+        LORA_KATA_IMPL=str(impl),
+        LORA_KATA_LANG=lang,
+        HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "ci"),
+        PYTHONDONTWRITEBYTECODE="1",
+        OMP_NUM_THREADS="1",
+        COLUMNS="120",
+    )
+    targets = [] if any(a.startswith("exercises/") for a in pytest_args) else ["exercises/"]
+    args = [*targets, "--kata-progress", str(progress_path), "-p", "no:cacheprovider"]
+    child = context.Process(
+        target=_pytest_in_child, args=([*args, *pytest_args], env, str(cwd), str(log))
+    )
+    child.start()
+    child.join(timeout)
+    try:
+        if child.is_alive():
+            child.kill()
+            child.join()
+            raise subprocess.TimeoutExpired(["pytest", *args], timeout)
+        output = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+        try:
+            progress = json.loads(progress_path.read_text(encoding="utf-8"))
+        except OSError:
+            progress = {}
+    finally:
+        progress_path.unlink(missing_ok=True)
+        log.unlink(missing_ok=True)
+    return KataRun(child.exitcode if child.exitcode is not None else -1, output, progress)
+
+
 def copy_kata(destination: Path) -> Path:
     """A fresh copy of the kata as a learner has it (stubs untouched), without git."""
     for name in ("exercises", "lora_kata", "data", "lessons"):
@@ -125,12 +229,17 @@ def solutions_with_stub(exercise: Exercise, destination: Path) -> Path:
 
 @dataclass(frozen=True)
 class Mutant:
+    """A common mistake: `find` → `replace` in solutions/`file`. `fails` names the tests of
+    `exercise` (function names, without parameters) that blame this mistake and nothing else
+    may fail; `expect` is a phrase the English report must show."""
+
     id: str
     exercise: str
     file: str
     find: str
     replace: str
     expect: str
+    fails: tuple[str, ...] = ()
 
     def apply(self, destination: Path) -> Path:
         target = copy_solutions(destination)
@@ -150,12 +259,18 @@ def load_mutants() -> list[Mutant]:
     mutants = []
     for path in sorted(MUTANTS_DIR.glob("*.toml")):
         for entry in tomllib.loads(path.read_text(encoding="utf-8")).get("mutant", []):
+            entry["fails"] = tuple(entry.get("fails", ()))
             mutants.append(Mutant(**entry))
     return mutants
 
 
 def exercise_test_path(exercise_id: str) -> str:
     return str(by_id(exercise_id).test_file.relative_to(REPO))
+
+
+def test_function_name(name: str) -> str:
+    """`test_x[param-1]` → `test_x`: the catalogue lists functions, not their parameters."""
+    return name.split("[", 1)[0]
 
 
 def normalise(text: str) -> str:

@@ -5,6 +5,7 @@ transposed or swapped shape cannot pass by accident.
 """
 
 import math
+import re
 
 import pytest
 import torch
@@ -15,6 +16,11 @@ from lora_kata.impl import implementation
 from lora_kata.testing import distinct_dims
 
 lora = implementation("lora")
+
+
+def names_the_argument(message: str, name: str) -> bool:
+    """`name` occurs as a word of `message` ("r" in "r must be >= 1", not in "dropout")."""
+    return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", message) is not None
 
 
 @given(distinct_dims())
@@ -51,8 +57,10 @@ def test_lora_A_is_kaiming_uniform_within_one_over_sqrt_in_features():
     k, d, r = 400, 7, 64  # enough values to see the distribution's edges
     torch.manual_seed(0)
     layer = lora.LoRALinear(torch.nn.Linear(k, d), r=r, alpha=r)
-    bound = 1 / math.sqrt(k)
     values = layer.lora_A.detach()
+    # The fan-in is A's second dimension, in_features when A is (r, in_features). Reading it
+    # from A itself leaves a wrong shape to the shape test, which names that mistake.
+    bound = 1 / math.sqrt(values.shape[-1])
     assert torch.count_nonzero(values) == values.numel(), (
         "lora_A must be random (kaiming_uniform_ with a=math.sqrt(5)), not zero: with A = 0 "
         "and B = 0 no gradient ever reaches either (are A's and B's inits swapped?)"
@@ -104,8 +112,12 @@ def test_adapters_are_trainable_parameters_named_lora_A_and_lora_B():
     assert trainable == {"lora_A", "lora_B"}, (
         f"exactly lora_A and lora_B should be trainable parameters, found {sorted(trainable)}"
     )
-    assert isinstance(layer.lora_A, torch.nn.Parameter)
-    assert isinstance(layer.lora_B, torch.nn.Parameter)
+    for name in ("lora_A", "lora_B"):
+        found = type(getattr(layer, name)).__name__
+        assert isinstance(getattr(layer, name), torch.nn.Parameter), (
+            f"{name} should be a torch.nn.Parameter (so the optimizer sees it), found a {found}: "
+            "wrap the tensor in nn.Parameter(...)"
+        )
     keys = set(layer.state_dict())
     assert {"base.weight", "base.bias", "lora_A", "lora_B"} <= keys, (
         f"state_dict keys should include base.weight, base.bias, lora_A, lora_B; got {sorted(keys)}"
@@ -141,13 +153,19 @@ def test_dropout_module_is_dropout_with_p_or_identity():
     assert isinstance(with_dropout.lora_dropout, torch.nn.Dropout), (
         "lora_dropout should be nn.Dropout(dropout) when dropout > 0"
     )
-    assert with_dropout.lora_dropout.p == pytest.approx(0.05)
+    assert with_dropout.lora_dropout.p == pytest.approx(0.05), (
+        f"lora_dropout should be nn.Dropout(p=0.05) for dropout=0.05, found p = "
+        f"{with_dropout.lora_dropout.p}: pass the dropout argument to nn.Dropout"
+    )
     without = lora.LoRALinear(torch.nn.Linear(6, 10), r=4, alpha=8)
     assert isinstance(without.lora_dropout, (torch.nn.Identity, torch.nn.Dropout)), (
         "lora_dropout should be nn.Identity() (or nn.Dropout(0.0)) when dropout is 0"
     )
     if isinstance(without.lora_dropout, torch.nn.Dropout):
-        assert without.lora_dropout.p == 0
+        assert without.lora_dropout.p == 0, (
+            f"with dropout=0 lora_dropout must drop nothing, found nn.Dropout(p="
+            f"{without.lora_dropout.p}): use nn.Identity() or nn.Dropout(0.0)"
+        )
 
 
 @pytest.mark.parametrize(
@@ -165,15 +183,28 @@ def test_dropout_module_is_dropout_with_p_or_identity():
     ids=["r=0", "r<0", "r=2.0", "r=True", "alpha=0", "alpha<0", "dropout<0", "dropout=1"],
 )
 def test_rejects_bad_hyperparameters_with_a_value_error_naming_them(kwargs, names):
-    with pytest.raises(ValueError) as caught:
+    try:
         lora.LoRALinear(torch.nn.Linear(6, 10), **kwargs)
-    assert names in str(caught.value), (
-        f"the ValueError for {kwargs} should name {names!r} so the user knows what to fix; "
-        f"it said: {caught.value}"
+    except ValueError as error:
+        message = str(error)
+    except Exception as error:  # say what was raised instead, not a bare traceback
+        pytest.fail(
+            f"LoRALinear(..., {kwargs}) should raise a ValueError naming {names!r}; it raised "
+            f"{type(error).__name__}: {error} (check the argument before using it)"
+        )
+    else:
+        pytest.fail(f"LoRALinear(..., {kwargs}) was accepted: raise a ValueError naming {names!r}")
+    assert names_the_argument(message, names), (
+        f"the ValueError for {kwargs} should name {names!r} (as a word) so the user knows what "
+        f"to fix; it said: {message}"
     )
 
 
 @given(st.integers(1, 64), st.floats(0.5, 128, allow_nan=False))
 def test_accepts_any_positive_rank_and_alpha(r, alpha):
     layer = lora.LoRALinear(torch.nn.Linear(5, 3), r=r, alpha=alpha)
-    assert layer.lora_A.shape[0] == r and layer.lora_B.shape[1] == r
+    kept = (layer.r, layer.alpha)
+    assert kept == (r, alpha), (
+        f"r={r}, alpha={alpha} is valid and should be kept as given, found (r, alpha) = {kept} "
+        "(is a valid value rejected, clamped or rounded?)"
+    )

@@ -5,6 +5,7 @@ Tolerances: fp32 matmuls done in a different order differ by ~1e-6 relative; 1e-
 on values of order 1 leaves room for that and none for a missing or wrong factor.
 """
 
+import copy
 import math
 
 import pytest
@@ -30,8 +31,22 @@ def randomised_layer(k, d, r, alpha, dropout=0.0, seed=0):
 
 
 def reference_update(layer, x):
+    """s · x Aᵀ Bᵀ with the layer's own s (layer.scaling, from your lora_scaling): a wrong
+    scaling value is the scaling tests' to report, not every forward test's."""
     A, B = layer.lora_A.detach(), layer.lora_B.detach()
-    return (layer.alpha / layer.r) * (x @ A.T @ B.T)
+    return float(layer.scaling) * (x @ A.T @ B.T)
+
+
+def expected_scaling(alpha, r, rslora=False):
+    return alpha / math.sqrt(r) if rslora else alpha / r
+
+
+def without_dropout(layer):
+    """The same layer (same weights) with lora_dropout replaced by nn.Identity: what the
+    layer computes when nothing is dropped, by your own forward."""
+    clean = copy.deepcopy(layer)
+    clean.lora_dropout = torch.nn.Identity()
+    return clean
 
 
 @given(st.floats(0.25, 256, allow_nan=False), st.integers(1, 256))
@@ -52,7 +67,11 @@ def test_rslora_scaling_is_alpha_over_sqrt_r(alpha, r):
 
 def test_tutorial_scaling_is_two():
     assert lora.lora_scaling(32, 16) == 2.0, "the tutorial's r=16, lora_alpha=32 give s = 2"
-    assert lora.lora_scaling(32, 16, rslora=True) == 8.0
+    got = lora.lora_scaling(32, 16, rslora=True)
+    assert got == 8.0, (
+        f"with rslora=True, r=16, lora_alpha=32 give s = 32 / √16 = 8.0, got {got!r} "
+        "(is rslora ignored?)"
+    )
 
 
 @given(distinct_dims(), st.floats(0.5, 64, allow_nan=False))
@@ -87,10 +106,16 @@ def test_delta_weight_is_scaling_times_B_at_A_with_the_base_weight_shape(dims, a
         f"delta_weight() should have base.weight's shape (out, in) = ({d}, {k}), got "
         f"{tuple(delta.shape)} (is ΔW transposed: A·B or (B·A).T?)"
     )
-    expected = (alpha / r) * (layer.lora_B.detach() @ layer.lora_A.detach())
-    assert torch.allclose(delta.detach(), expected, atol=ATOL * max(1.0, alpha / r)), (
-        "delta_weight() should be scaling · B @ A with scaling = alpha / r "
-        "(is the scaling missing, or inverted to r / alpha?)"
+    scaling = float(layer.scaling)  # your lora_scaling: its value is checked above
+    expected = scaling * (layer.lora_B.detach() @ layer.lora_A.detach())
+    unscaled = torch.allclose(delta.detach(), expected / scaling, atol=ATOL)
+    assert torch.allclose(delta.detach(), expected, atol=ATOL * max(1.0, scaling)), (
+        "delta_weight() should be self.scaling · B @ A"
+        + (
+            ": it is B @ A unscaled (did you forget the scaling?)"
+            if unscaled
+            else " (did you forget the scaling, or multiply A @ B?)"
+        )
     )
 
 
@@ -105,10 +130,16 @@ def test_forward_adds_the_scaled_update_to_the_base_output(dims, alpha, batch_di
     )
     expected = layer.base(x) + reference_update(layer, x)
     scale = max(1.0, alpha / r)
+    unscaled = layer.base(x) + reference_update(layer, x) / float(layer.scaling)
+    missing = torch.allclose(got, unscaled, atol=ATOL * scale, rtol=1e-5)
     assert torch.allclose(got, expected, atol=ATOL * scale, rtol=1e-5), (
-        "forward should be base(x) + (alpha / r) · x Aᵀ Bᵀ; max difference "
-        f"{(got - expected).abs().max().item():.3g} (is the update unscaled, scaled by r/alpha, "
-        "or transposed?)"
+        "forward should be base(x) + self.scaling · x Aᵀ Bᵀ; max difference "
+        f"{(got - expected).abs().max().item():.3g}"
+        + (
+            ": the update is added unscaled (scaling missing in forward)"
+            if missing
+            else " (is the update unscaled, or transposed?)"
+        )
     )
 
 
@@ -141,19 +172,34 @@ def test_dropout_applies_to_the_updates_input_in_training():
     layer = randomised_layer(k, d, r, alpha=6, dropout=p)
     layer.train()
     x = seeded_randn(64, k, seed=5)
+    clean = without_dropout(layer)  # your own forward, with nothing dropped
     torch.manual_seed(123)
     got = layer(x)
     torch.manual_seed(123)
     dropped = torch.nn.functional.dropout(x, p=p, training=True)
-    expected = layer.base(x) + reference_update(layer, dropped)
-    no_dropout = layer.base(x) + reference_update(layer, x)
+    with torch.no_grad():
+        # base(x) plus the update your forward computes for the dropped input
+        expected = layer.base(x) + (clean(dropped) - clean.base(dropped))
+        no_dropout = clean(x)
+        torch.manual_seed(123)
+        on_output = layer.base(x) + torch.nn.functional.dropout(no_dropout - layer.base(x), p=p)
+    assert not torch.allclose(no_dropout, layer.base(x), atol=1e-4), (
+        "with random A and B (and dropout off) forward returns base(x) alone: it adds no "
+        "update, so dropout cannot be judged (test_forward_adds_the_scaled_update_to_the_base_"
+        "output says what forward should add)"
+    )
     assert not torch.allclose(got, no_dropout, atol=1e-4), (
         "in training mode with dropout=0.5 the update should see dropout(x): is lora_dropout "
         "never applied?"
     )
     assert torch.allclose(got, expected, atol=1e-4), (
         "training output should be base(x) + s · B A dropout(x), using self.lora_dropout on the "
-        "update's input once (is dropout applied to the update's output instead?)"
+        "update's input once"
+        + (
+            ": dropout is applied to the update's output instead"
+            if torch.allclose(got, on_output, atol=1e-4)
+            else " (not on the update's output, and not on the base path)"
+        )
     )
 
 
@@ -161,7 +207,7 @@ def test_no_dropout_in_eval_mode():
     layer = randomised_layer(12, 7, 3, alpha=6, dropout=0.5)
     layer.eval()
     x = seeded_randn(16, 12, seed=5)
-    expected = layer.base(x) + reference_update(layer, x)
+    expected = without_dropout(layer)(x)  # your own forward, with nothing dropped
     assert torch.allclose(layer(x), expected, atol=ATOL), (
         "in eval mode dropout must do nothing: use the nn.Dropout module (self.lora_dropout), "
         "which follows .train()/.eval(), not a dropout call with training=True"
@@ -180,8 +226,13 @@ def test_output_keeps_the_base_dtype_and_adapters_stay_fp32(dtype):
         f"forward on a {dtype} base with {dtype} input should return {dtype}, got {out.dtype}: "
         "cast the update back to base(x)'s dtype"
     )
-    expected = base(x).float() + reference_update(layer, x.float())
-    assert torch.allclose(out.float(), expected, atol=0.05, rtol=0.02)
+    # Your own forward on an fp32 copy: only the precision may differ, not the maths.
+    expected = copy.deepcopy(layer).float()(x.float())
+    assert torch.allclose(out.float(), expected, atol=0.05, rtol=0.02), (
+        f"on a {dtype} base the output should match the same layer in fp32 to {dtype} "
+        f"rounding; max difference {(out.float() - expected).abs().max().item():.3g} (is the "
+        "update computed in low precision, or lost in the cast?)"
+    )
 
 
 def test_gradients_reach_B_only_at_init_and_never_the_base():
@@ -194,9 +245,15 @@ def test_gradients_reach_B_only_at_init_and_never_the_base():
     )
     out.pow(2).sum().backward()
     assert layer.base.weight.grad is None, "the frozen base weight must get no gradient"
-    assert layer.lora_B.grad is not None and layer.lora_B.grad.abs().sum() > 0, (
-        "at init B must get a gradient (A is random): is the update cut off from autograd "
-        "(torch.no_grad, .detach(), .data)?"
+    grad = layer.lora_B.grad
+    assert grad is not None and grad.abs().sum() > 0, (
+        "at init B must get a gradient (A is random): "
+        + (
+            "is the update cut off from autograd (torch.no_grad, .detach(), .data)?"
+            if grad is None
+            else "B's gradient is all zeros, so B never enters the output as s · x Aᵀ Bᵀ "
+            "(is the update multiplied away, or built from other tensors?)"
+        )
     )
     assert layer.lora_A.grad is None or torch.count_nonzero(layer.lora_A.grad) == 0, (
         "at init A's gradient is Bᵀ·(…) = 0, since B = 0"
@@ -227,5 +284,7 @@ def test_matches_peft_lora_linear_on_the_same_weights(rslora):
     else:
         got = ours(x)
     assert torch.allclose(got, expected, atol=ATOL), (
-        f"output differs from peft's LoRA Linear (rslora={rslora}) holding the same weights"
+        f"output differs from peft's LoRA Linear (rslora={rslora}) holding the same weights, by "
+        f"up to {(got - expected).abs().max().item():.3g}: peft computes base(x) + "
+        f"{expected_scaling(alpha, r, rslora):g} · x Aᵀ Bᵀ (check the scaling and the forward)"
     )

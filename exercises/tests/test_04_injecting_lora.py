@@ -7,6 +7,7 @@ and reproduce the tutorial's opt-6.7b line with your inject_lora, on the meta de
 """
 
 import copy
+import re
 
 import pytest
 import torch
@@ -22,6 +23,11 @@ TUTORIAL_LINE = (
 )
 ATTN = "model.decoder.layers.{}.self_attn.{}"
 Q_AND_V = [ATTN.format(i, p) for i in (0, 1) for p in ("v_proj", "q_proj")]  # model order
+
+
+def names_the_argument(message: str, name: str) -> bool:
+    """`name` occurs as a word of `message` ("r" in "r must be >= 1", not in "lora_dropout")."""
+    return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", message) is not None
 
 
 def tiny_opt(seed=0):
@@ -88,9 +94,16 @@ def test_config_accepts_the_tutorials_settings_and_every_bias_mode():
     cfg = inject.LoRAConfig(
         r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"], lora_dropout=0.05, bias="none"
     )
-    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout) == (16, 32, 0.05)
+    got = (cfg.r, cfg.lora_alpha, cfg.lora_dropout)
+    assert got == (16, 32, 0.05), (
+        f"LoRAConfig(r=16, lora_alpha=32, lora_dropout=0.05) should keep those values, found "
+        f"(r, lora_alpha, lora_dropout) = {got}: store the fields as given"
+    )
     for bias in ("none", "all", "lora_only"):
-        assert inject.LoRAConfig(bias=bias).bias == bias
+        kept = inject.LoRAConfig(bias=bias).bias
+        assert kept == bias, (
+            f"bias={bias!r} is one of peft's modes and should be accepted and kept, found {kept!r}"
+        )
     assert inject.LoRAConfig(target_modules=r".*\.q_proj").target_modules == r".*\.q_proj", (
         "target_modules may also be a string (a regex): keep it as given"
     )
@@ -119,9 +132,14 @@ def test_config_rejects_bad_values_with_a_message_naming_the_field(kwargs, field
     try:
         inject.LoRAConfig(**kwargs)
     except ValueError as error:
-        assert field in str(error), (
-            f"the ValueError for {kwargs} should name {field!r} so the user knows what to fix; "
-            f"it said: {error}"
+        assert names_the_argument(str(error), field), (
+            f"the ValueError for {kwargs} should name {field!r} (as a word) so the user knows "
+            f"what to fix; it said: {error}"
+        )
+    except Exception as error:  # say what was raised instead, not a bare traceback
+        pytest.fail(
+            f"LoRAConfig({kwargs}) should raise a ValueError naming {field!r} in __post_init__; "
+            f"it raised {type(error).__name__}: {error}"
         )
     else:
         pytest.fail(f"LoRAConfig({kwargs}) was accepted: __post_init__ should raise ValueError")
@@ -235,16 +253,23 @@ def test_trainable_count_is_r_times_in_plus_out_per_target():
     expected = 2 * (3 * (32 + 32) + 3 * (32 + 48))
     trainable, total = counting.count_parameters(model)
     assert trainable == expected, f"expected {expected} trainable parameters, got {trainable}"
-    assert total == counting.count_parameters(tiny_opt())[1] + expected
+    before = counting.count_parameters(tiny_opt())[1]
+    assert total == before + expected, (
+        f"injection adds only the LoRA matrices: total should be {before} + {expected} = "
+        f"{before + expected}, got {total} (was a weight copied, or a layer counted twice?)"
+    )
 
 
 def test_bias_all_trains_every_bias_in_the_model():
     model = inject.inject_lora(tiny_opt(), config(bias="all"))
     got = trainable_names(model) - lora_names(Q_AND_V)
     expected = bias_names(model)
+    missing, extra = sorted(expected - got), sorted(got - expected)
     assert got == expected, (
-        f'bias="all" treated as "lora_only"? every bias in the model should train (layer norms, '
-        f"fc1, k_proj... too): missing {sorted(expected - got)[:3]}, extra {sorted(got - expected)}"
+        ('bias="all" treated as "lora_only"? ' if missing and not extra else "")
+        + "every bias in the model should train (layer norms, fc1, k_proj... too) and nothing "
+        f"else but LoRA: missing {missing[:3]}, extra {extra[:3]}"
+        + (" (non-bias weights left trainable?)" if extra else "")
     )
 
 
@@ -277,7 +302,10 @@ def test_no_match_raises_a_value_error_naming_the_targets():
             "inject_lora returned silently when target_modules ['query', 'value'] matched "
             "nothing: a silent no-match trains nothing; raise ValueError naming the targets"
         )
-    assert not lora_layers(model)
+    assert not lora_layers(model), (
+        f"a refused inject_lora should leave the model as it was, found LoRA layers at "
+        f"{sorted(lora_layers(model))}"
+    )
 
 
 def test_a_match_that_is_not_linear_raises_a_type_error_naming_it():
@@ -311,12 +339,20 @@ def test_a_failed_inject_leaves_the_model_untouched():
 
 def test_injecting_twice_is_refused():
     model = inject.inject_lora(tiny_opt(), config())
-    # ValueError ("already injected") or TypeError ("a LoRALinear is not a linear layer").
-    with pytest.raises((ValueError, TypeError)) as caught:
+    # ValueError ("already injected") or TypeError ("a LoRALinear is not a linear layer"):
+    # either tells the user what is wrong, so either message is accepted.
+    try:
         inject.inject_lora(model, config())
-    assert "already" in str(caught.value).lower(), (
-        f"a second inject_lora on the same layers should say LoRA is already there; "
-        f"it said: {caught.value}"
+    except (ValueError, TypeError) as error:
+        said = str(error)
+    else:
+        pytest.fail(
+            "a second inject_lora on the same layers returned: it should refuse (LoRA is "
+            "already there) with a ValueError or TypeError, not wrap LoRA inside LoRA"
+        )
+    assert "already" in said.lower() or "loralinear" in said.lower(), (
+        "a second inject_lora on the same layers should say LoRA is already there (or that "
+        f"the match is a LoRALinear, not a plain linear layer); it said: {said}"
     )
     with pytest.raises((ValueError, TypeError)):
         inject.inject_lora(model, config(target_modules=r".*\.q_proj\.base"))
@@ -341,6 +377,11 @@ def test_output_is_unchanged_right_after_injection():
 def test_gradients_reach_only_the_lora_matrices():
     model = inject.inject_lora(tiny_opt(), config())
     x = tokens()
+    trainable = trainable_names(model)
+    assert trainable, (
+        "nothing is trainable after inject_lora, so no gradient can flow: LoRA frozen? "
+        "Freeze everything first, then wrap"
+    )
     model(x, labels=x).loss.backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     extra = sorted(with_grad - lora_names(Q_AND_V))
@@ -352,7 +393,11 @@ def test_gradients_reach_only_the_lora_matrices():
 def test_works_on_the_meta_device_and_reproduces_the_tutorials_line(opt_6_7b):
     cfg = inject.LoRAConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"])
     model = inject.inject_lora(copy.deepcopy(opt_6_7b), cfg)
-    assert len(lora_layers(model)) == 64
+    wrapped = len(lora_layers(model))
+    assert wrapped == 64, (
+        f"opt-6.7b has 32 layers with a q_proj and a v_proj each: expected 64 LoRA layers, "
+        f"found {wrapped}"
+    )
     line = counting.trainable_parameters_line(model)
     assert line == TUTORIAL_LINE, f"expected the tutorial's line {TUTORIAL_LINE!r}, got {line!r}"
 
@@ -431,12 +476,19 @@ def check_same_as_peft(ours, theirs, targets):
         f"only peft's {sorted(only_peft)}"
     )
     trainable, total = counting.count_parameters(ours)
-    assert (trainable, total) == theirs.get_nb_trainable_parameters()
+    expected_counts = theirs.get_nb_trainable_parameters()
+    assert (trainable, total) == expected_counts, (
+        f"(trainable, total) should equal peft's {expected_counts}, got {(trainable, total)}"
+    )
     x = tokens()
     with torch.no_grad():
         before = ours(x).logits
         randomise_lora(ours, seed=1)
-        assert copy_lora_into_peft(ours, theirs) == 2 * len(targets)
+        copied = copy_lora_into_peft(ours, theirs)
+        assert copied == 2 * len(targets), (
+            f"expected to copy lora_A and lora_B for each of {len(targets)} targets into peft, "
+            f"copied {copied}: the LoRA layers are not where peft's are"
+        )
         got, expected = ours(x).logits, theirs(input_ids=x).logits
     assert (got - before).abs().max() > 1e-2, "the random A and B should change the logits"
     difference = (got - expected).abs().max().item()
@@ -468,8 +520,15 @@ def test_wraps_the_linear8bitlt_layers_of_a_model_loaded_in_8bit(tiny_opt_dir):
             f"{name} (a bitsandbytes Linear8bitLt, a subclass of nn.Linear) should be wrapped"
         )
         assert layer.base.weight.dtype == torch.int8, "the 8-bit weight must stay int8"
-        assert layer.lora_A.dtype == torch.float32 and layer.lora_B.dtype == torch.float32
-    assert trainable_names(model) == lora_names(Q_AND_V)
+        dtypes = (layer.lora_A.dtype, layer.lora_B.dtype)
+        assert dtypes == (torch.float32, torch.float32), (
+            f"{name}: lora_A/lora_B should be float32 on an 8-bit base, found {dtypes}"
+        )
+    trainable = trainable_names(model)
+    assert trainable == lora_names(Q_AND_V), (
+        f"in 8-bit only lora_A/lora_B should be trainable, found "
+        f"{sorted(trainable ^ lora_names(Q_AND_V))} differing"
+    )
     x = tokens()
     model(x, labels=x).loss.backward()  # the int8 base path and the fp32 update both run
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}

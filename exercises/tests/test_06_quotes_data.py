@@ -336,6 +336,11 @@ def test_truncation_keeps_eos_as_the_last_token():
             f"with max_length={cut}, row {index} should have at most {cut} tokens with EOS "
             f"last, got {len(ids)} ending {ids[-3:]}: {eos_mistake(ids, plain, eos, cut)}"
         )
+        mask_length = len(truncated[index]["attention_mask"])
+        assert mask_length == len(ids), (
+            f"row {index}: the attention_mask should be as long as input_ids ({len(ids)}), got "
+            f"{mask_length} (truncated input_ids but not the mask?)"
+        )
 
 
 # ---------------------------------------------------------------- collate_for_causal_lm

@@ -293,7 +293,10 @@ def test_prepared_model_computes_the_same_logits_as_peft_prepared_one(model, pef
         ours = model(input_ids=TOKENS, attention_mask=MASK).logits
         theirs = peft_prepared(input_ids=TOKENS, attention_mask=MASK).logits
     # The same fp32 and int8 operations in the same order: equal up to float rounding.
-    assert ours.dtype == torch.float32
+    assert ours.dtype == torch.float32, (
+        f"the prepared model's logits should be fp32 (lm_head output cast to fp32), got "
+        f"{ours.dtype}"
+    )
     assert torch.allclose(ours, theirs.float(), atol=1e-5, rtol=1e-5), (
         f"logits differ from the peft-prepared model's by up to "
         f"{(ours - theirs.float()).abs().max().item():.3g}: prepare must not change what the "

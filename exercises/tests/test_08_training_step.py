@@ -296,14 +296,24 @@ def test_uses_the_grad_scaler_and_steps_with_unscaled_gradients():
         "was not used. With a scaler: scaler.scale(loss).backward(), then "
         "scaler.step(optimizer) and scaler.update()"
     )
+    start = dict(fresh_setup(seed=2)[0].named_parameters())
     for name, param in model.named_parameters():
         if param.requires_grad:
             other = dict(twin.named_parameters())[name]
             # Scaling by 2**10 and back is exact in fp32: differences only from summation order.
+            step, plain_step = (param - start[name]).norm(), (other - start[name]).norm()
+            ratio = (step / plain_step).item() if plain_step > 0 else float("inf")
             assert torch.allclose(param, other, rtol=1e-5, atol=1e-6), (
-                f"{name} after a step with a GradScaler differs from the same step without one: "
-                "step through scaler.step(optimizer), which unscales the gradients first "
-                "(optimizer.step() would apply gradients 1024× too large)"
+                f"{name} after a step with a GradScaler differs from the same step without one "
+                f"(step sizes: with / without = {ratio:.3g}): "
+                + (
+                    "the two paths average differently: divide the loss by len(micro_batches) "
+                    "in both, with or without a scaler (is it summed, not averaged, in one?)"
+                    if abs(ratio * len(micro_batches) - 1) < 1e-3
+                    or abs(ratio - len(micro_batches)) < 1e-3
+                    else "step through scaler.step(optimizer), which unscales the gradients "
+                    "first (optimizer.step() would apply gradients 1024× too large)"
+                )
             )
 
 

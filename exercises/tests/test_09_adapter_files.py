@@ -8,7 +8,9 @@ Every model here has random, non-zero A and B: with B = 0 every adapter would lo
 """
 
 import json
+import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -169,6 +171,31 @@ def test_save_creates_the_directory(tmp_path):
     )
 
 
+@pytest.mark.skipif(os.name == "nt", reason="Windows has no Unix file modes or umask")
+def test_saved_files_honour_the_umask(tmp_path):
+    model, config = tiny_lora_opt()
+    for umask in (0o022, 0o077):
+        directory = tmp_path / f"umask-{umask:03o}"
+        previous = os.umask(umask)
+        try:
+            adapter.save_adapter(model, directory, config)
+        finally:
+            os.umask(previous)
+        expected = 0o666 & ~umask
+        for name in (CONFIG, WEIGHTS):
+            mode = stat.S_IMODE((directory / name).stat().st_mode)
+            assert mode == expected, (
+                f"under umask {umask:03o} {name} should have mode {expected:03o}, like any new "
+                f"file, found {mode:03o}"
+                + (
+                    " (mkstemp's private 0600: write through _write_files_atomically, which sets "
+                    "the mode)"
+                    if mode == 0o600
+                    else ""
+                )
+            )
+
+
 def test_round_trip_restores_the_weights_and_the_logits(tmp_path):
     model, config = tiny_lora_opt(seed=0, r=4, lora_alpha=16)
     adapter.save_adapter(model, tmp_path, config)
@@ -228,7 +255,10 @@ def test_load_adapter_reads_a_peft_saved_adapter_with_identical_logits(tmp_path)
     expected = logits(peft_model)
     loaded = adapter.load_adapter(fresh_base(seed=0), tmp_path)
     got = logits(loaded)
-    assert not torch.allclose(expected, logits(fresh_base(seed=0)), atol=1e-3)
+    assert not torch.allclose(expected, logits(fresh_base(seed=0)), atol=1e-3), (
+        "the randomised peft adapter should change the logits (a test setup check): if this "
+        "fails, the comparison below would prove nothing"
+    )
     # Same maths as above, the other way round.
     assert torch.allclose(got, expected, rtol=0, atol=1e-5), (
         "load_adapter on peft's own files gives logits that differ from peft's by "

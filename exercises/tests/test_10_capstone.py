@@ -325,7 +325,11 @@ def test_only_lora_weights_change_and_int8_weights_stay_bit_identical(dry_run):
 def test_trainable_parameters_are_exactly_the_lora_formula(dry_run):
     run = dry_run()
     # tiny OPT: 2 layers × (q_proj + v_proj) × 16 × (32 + 32)
-    assert run.formula == 2 * 2 * 16 * (32 + 32)
+    expected = 2 * 2 * 16 * (32 + 32)
+    assert run.formula == expected, (
+        f"the dry run's LoRA formula should be 2 layers × (q_proj + v_proj) × 16 × (32 + 32) = "
+        f"{expected}, got {run.formula}: a test setup problem (the tiny OPT changed?)"
+    )
     check_trainable_is_the_formula(run)
 
 
@@ -532,10 +536,16 @@ def test_the_command_line_runs_the_whole_job(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "cached_snapshot", lambda *args, **kwargs: None)
     out = tmp_path / "out"
     argv = ["--max-steps", "2", "--out", str(out), "--no-progress", "--max-new-tokens", "8",
+<<<<<<< HEAD
             "--batch-size", "2", "--grad-accum", "2", "--small"]  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert cli.main(current(), argv) == 0
+=======
+            "--batch-size", "2", "--grad-accum", "2"]  # fmt: skip
+    code = cli.main(current(), argv)
+    assert code == 0, f"the command line should finish with exit code 0, got {code}"
+>>>>>>> i10-tests
     printed = capsys.readouterr().out
     # Python prints FutureWarnings by default: a deprecated checkpointing call would show.
     deprecated = [
