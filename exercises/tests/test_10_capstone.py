@@ -536,16 +536,11 @@ def test_the_command_line_runs_the_whole_job(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "cached_snapshot", lambda *args, **kwargs: None)
     out = tmp_path / "out"
     argv = ["--max-steps", "2", "--out", str(out), "--no-progress", "--max-new-tokens", "8",
-<<<<<<< HEAD
             "--batch-size", "2", "--grad-accum", "2", "--small"]  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert cli.main(current(), argv) == 0
-=======
-            "--batch-size", "2", "--grad-accum", "2"]  # fmt: skip
-    code = cli.main(current(), argv)
+        code = cli.main(current(), argv)
     assert code == 0, f"the command line should finish with exit code 0, got {code}"
->>>>>>> i10-tests
     printed = capsys.readouterr().out
     # Python prints FutureWarnings by default: a deprecated checkpointing call would show.
     deprecated = [
