@@ -17,7 +17,7 @@ from tests.kata_harness import (
     normalise,
     run_kata_warm,
     stop_warm,
-    test_function_name,
+    test_function_name as function_of_test,
 )
 
 MUTANTS = load_mutants()
@@ -29,7 +29,7 @@ def _warm_runs():
     stop_warm()
 
 
-def test_functions(exercise_id: str) -> set[str]:
+def tests_of_exercise(exercise_id: str) -> set[str]:
     tree = ast.parse(by_id(exercise_id).test_file.read_text(encoding="utf-8"))
     return {
         node.name
@@ -46,7 +46,7 @@ def test_the_catalogue_of_mistakes_is_not_empty_and_ids_are_unique():
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: f"{m.exercise}-{m.id}")
 def test_every_mutant_lists_existing_tests_of_its_exercise(mutant):
-    known = test_functions(mutant.exercise)
+    known = tests_of_exercise(mutant.exercise)
     unknown = sorted(set(mutant.fails) - known)
     assert mutant.fails and not unknown, (
         f"mutant {mutant.id} must list in `fails` the tests of exercise {mutant.exercise} it "
@@ -65,7 +65,7 @@ def test_mutant_is_caught_by_its_own_tests_and_the_report_names_the_mistake(muta
     outside = [
         t
         for t in failed
-        if test_function_name(t["name"]) not in mutant.fails and t.get("why") != "timeout"
+        if function_of_test(t["name"]) not in mutant.fails and t.get("why") != "timeout"
     ]
     listing = "\n".join(f"  {t['name']}: {t['message'][:400]}" for t in outside)
     assert not outside, (

@@ -187,6 +187,8 @@ def test_rejects_bad_hyperparameters_with_a_value_error_naming_them(kwargs, name
         lora.LoRALinear(torch.nn.Linear(6, 10), **kwargs)
     except ValueError as error:
         message = str(error)
+    except NotImplementedError:
+        raise  # the stub: the report says "not started", not "wrong exception"
     except Exception as error:  # say what was raised instead, not a bare traceback
         pytest.fail(
             f"LoRALinear(..., {kwargs}) should raise a ValueError naming {names!r}; it raised "

@@ -136,6 +136,8 @@ def test_config_rejects_bad_values_with_a_message_naming_the_field(kwargs, field
             f"the ValueError for {kwargs} should name {field!r} (as a word) so the user knows "
             f"what to fix; it said: {error}"
         )
+    except NotImplementedError:
+        raise  # the stub: the report says "not started", not "wrong exception"
     except Exception as error:  # say what was raised instead, not a bare traceback
         pytest.fail(
             f"LoRAConfig({kwargs}) should raise a ValueError naming {field!r} in __post_init__; "

@@ -393,7 +393,11 @@ def test_position_ids_alone_let_quotes_attend_to_each_other(models):
     ours = packed(features, 15)
     model = models["sdpa"]
     truth = separate_logits(model, features)
-    assert largest_gap(packed_logits_per_quote(model, ours, features, 15), truth) <= 1e-5
+    gap = largest_gap(packed_logits_per_quote(model, ours, features, 15), truth)
+    assert gap <= 1e-5, (
+        f"your packed batch (position_ids and 4-D mask) should match each quote alone, off by "
+        f"{gap:.3g}: fix pack_quotes first (see the mask and position tests)"
+    )
     flat = DataCollatorWithFlattening()([{"input_ids": f["input_ids"]} for f in features])
     assert "attention_mask" not in flat, f"the flattening collator now sends {sorted(flat)}"
     # transformers' mask code can read quote boundaries from restarting positions ...
@@ -427,7 +431,10 @@ def test_float32_min_overflows_fp16_so_the_given_helper_opens_padding_rows():
         "fp16 turns into -inf and softmax into NaN"
     )
     given = next(pack.packed_batches(features, iter(range(3)), 2, 8, PAD))["attention_mask"]
-    assert not torch.isnan(torch.softmax(given.half().float(), dim=-1)).any()
+    assert not torch.isnan(torch.softmax(given.half().float(), dim=-1)).any(), (
+        "pack.packed_batches (given) should open each padding token to itself, so that fp16 "
+        "softmax has no NaN row; did the given helper change?"
+    )
     real = mask[:, 0].diagonal(dim1=-2, dim2=-1) == 0  # real tokens see themselves
     assert torch.equal(given[:, 0][real], mask[:, 0][real]), "real tokens' rows must not change"
 
