@@ -17,6 +17,8 @@ from tests.kata_harness import (
     normalise,
     run_kata_warm,
     stop_warm,
+)
+from tests.kata_harness import (
     test_function_name as function_of_test,
 )
 
