@@ -31,7 +31,7 @@ def _warm_runs():
     stop_warm()
 
 
-def tests_of_exercise(exercise_id: str) -> set[str]:
+def exercise_test_names(exercise_id: str) -> set[str]:
     tree = ast.parse(by_id(exercise_id).test_file.read_text(encoding="utf-8"))
     return {
         node.name
@@ -48,7 +48,7 @@ def test_the_catalogue_of_mistakes_is_not_empty_and_ids_are_unique():
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: f"{m.exercise}-{m.id}")
 def test_every_mutant_lists_existing_tests_of_its_exercise(mutant):
-    known = tests_of_exercise(mutant.exercise)
+    known = exercise_test_names(mutant.exercise)
     unknown = sorted(set(mutant.fails) - known)
     assert mutant.fails and not unknown, (
         f"mutant {mutant.id} must list in `fails` the tests of exercise {mutant.exercise} it "
