@@ -39,15 +39,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GOAL_RECOVERED = 0.9
-# The capstone's built-in small OPT (lora_kata's offline fallback): hidden 128, 4 layers,
-# 4 heads, ffn 512, vocab 512, 128 positions; random weights, fp32.
-SMALL_OPT = {
-    "hidden_size": 128,
-    "word_embed_proj_dim": 128,
-    "ffn_dim": 512,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-}
+# The tutorial's LoRA; the small model is the capstone's --small OPT (random weights, fp32).
 LORA = {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.05}
 
 
@@ -88,6 +80,7 @@ def build_model(kata, name: str | None, device: torch.device):
     preparation), in fp32 on the CPU."""
     config = kata.inject.LoRAConfig(**LORA)
     if name is None:
+        from lora_kata.capstone.settings import SMALL_OPT
         from lora_kata.tiny import build_tiny_opt, quotes_tokenizer
 
         model = build_tiny_opt(0, **SMALL_OPT).to(device)
