@@ -73,3 +73,19 @@ def linear8bit_module_names(model) -> list[str]:
     return [
         name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear8bitLt)
     ]
+
+
+def record_from_pretrained(monkeypatch) -> list[dict]:
+    """Patch PreTrainedModel.from_pretrained (still loading) to record the keyword arguments
+    of every call; returns the list it appends to. For "the loader passes X on" tests."""
+    from transformers import PreTrainedModel
+
+    calls: list[dict] = []
+    original = PreTrainedModel.from_pretrained.__func__
+
+    def recording(cls, *args, **kwargs):
+        calls.append(kwargs)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(recording))
+    return calls

@@ -47,6 +47,32 @@ class KataRun:
         return f"exit {self.returncode}\n{self.output[-6000:]}"
 
 
+def _child_env(impl: str | Path, lang: str) -> dict[str, str]:
+    """The environment of a child kata run on `impl` (run_kata and run_kata_warm alike)."""
+    return clean_env(
+        LORA_KATA_IMPL=str(impl),
+        LORA_KATA_LANG=lang,
+        HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "ci"),
+        PYTHONDONTWRITEBYTECODE="1",
+        # Tiny models: one thread each is fastest, and xdist workers don't oversubscribe.
+        OMP_NUM_THREADS="1",
+        COLUMNS="120",
+    )
+
+
+def _pytest_args(progress_path: Path, pytest_args: tuple[str, ...]) -> list[str]:
+    """pytest's arguments for a child run: exercises/ unless a test path is given."""
+    targets = [] if any(a.startswith("exercises/") for a in pytest_args) else ["exercises/"]
+    return [
+        *targets,
+        "--kata-progress",
+        str(progress_path),
+        "-p",
+        "no:cacheprovider",
+        *pytest_args,
+    ]
+
+
 def run_kata(
     impl: str | Path,
     *pytest_args: str,
@@ -62,28 +88,9 @@ def run_kata(
         / f"quality-{os.getpid()}-{abs(hash((str(impl), pytest_args)))}.json"
     )
     progress_path.unlink(missing_ok=True)
-    env = clean_env(
-        LORA_KATA_IMPL=str(impl),
-        LORA_KATA_LANG=lang,
-        HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "ci"),
-        PYTHONDONTWRITEBYTECODE="1",
-        # Tiny models: one thread each is fastest, and xdist workers don't oversubscribe.
-        OMP_NUM_THREADS="1",
-        COLUMNS="120",
-    )
+    env = _child_env(impl, lang)
     env.update(extra_env or {})
-    targets = [] if any(a.startswith("exercises/") for a in pytest_args) else ["exercises/"]
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        *targets,
-        "--kata-progress",
-        str(progress_path),
-        "-p",
-        "no:cacheprovider",
-        *pytest_args,
-    ]
+    command = [sys.executable, "-m", "pytest", *_pytest_args(progress_path, pytest_args)]
     done = subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -168,18 +175,9 @@ def run_kata_warm(
     log = Path(cwd) / ".lora_kata" / f"quality-{tag}.log"
     progress_path.parent.mkdir(exist_ok=True)
     progress_path.unlink(missing_ok=True)
-    env = clean_env(
-        LORA_KATA_IMPL=str(impl),
-        LORA_KATA_LANG=lang,
-        HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "ci"),
-        PYTHONDONTWRITEBYTECODE="1",
-        OMP_NUM_THREADS="1",
-        COLUMNS="120",
-    )
-    targets = [] if any(a.startswith("exercises/") for a in pytest_args) else ["exercises/"]
-    args = [*targets, "--kata-progress", str(progress_path), "-p", "no:cacheprovider"]
+    args = _pytest_args(progress_path, pytest_args)
     child = context.Process(
-        target=_pytest_in_child, args=([*args, *pytest_args], env, str(cwd), str(log))
+        target=_pytest_in_child, args=(args, _child_env(impl, lang), str(cwd), str(log))
     )
     child.start()
     child.join(timeout)

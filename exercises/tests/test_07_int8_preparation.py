@@ -16,6 +16,7 @@ from lora_kata.testing_int8 import (
     int8_parameter_names,
     linear8bit_module_names,
     load_tiny_opt_in_8bit,
+    record_from_pretrained,
     tiny_opt_fp16_dir,
 )
 
@@ -97,16 +98,9 @@ def test_load_in_8bit_quantizes_every_decoder_linear_to_int8(checkpoint):
 
 
 def test_load_in_8bit_passes_device_map_to_from_pretrained(checkpoint, monkeypatch):
-    from transformers import BitsAndBytesConfig, PreTrainedModel
+    from transformers import BitsAndBytesConfig
 
-    calls = []
-    original = PreTrainedModel.from_pretrained.__func__
-
-    def recording(cls, *args, **kwargs):
-        calls.append(kwargs)
-        return original(cls, *args, **kwargs)
-
-    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(recording))
+    calls = record_from_pretrained(monkeypatch)
     int8.load_in_8bit(str(checkpoint), device_map={"": "cpu"})
     assert calls, "load_in_8bit should call from_pretrained (AutoModelForCausalLM's)"
     kwargs = calls[-1]

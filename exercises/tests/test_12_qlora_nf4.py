@@ -29,6 +29,7 @@ from lora_kata.testing_4bit import (
     memory_rows,
     tiny_opt_4bit_dir,
 )
+from lora_kata.testing_int8 import record_from_pretrained
 
 qlora = implementation("qlora")
 inject = implementation("inject")
@@ -376,16 +377,9 @@ def test_load_in_4bit_quantizes_every_decoder_linear_to_nf4(checkpoint):
 def test_load_in_4bit_passes_compute_dtype_and_device_map_to_from_pretrained(
     checkpoint, monkeypatch
 ):
-    from transformers import BitsAndBytesConfig, PreTrainedModel
+    from transformers import BitsAndBytesConfig
 
-    calls = []
-    original = PreTrainedModel.from_pretrained.__func__
-
-    def recording(cls, *args, **kwargs):
-        calls.append(kwargs)
-        return original(cls, *args, **kwargs)
-
-    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(recording))
+    calls = record_from_pretrained(monkeypatch)
     qlora.load_in_4bit(str(checkpoint), compute_dtype=torch.bfloat16, device_map={"": "cpu"})
     assert calls, "load_in_4bit should call from_pretrained (AutoModelForCausalLM's)"
     kwargs = calls[-1]

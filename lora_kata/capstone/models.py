@@ -24,9 +24,13 @@ DEMO, RANDOM = "demo", "random"
 class ModelChoice:
     path: str  # what from_pretrained loads (hub id or directory)
     name: str  # what the adapter config records as base_model_name_or_path
-    small: bool  # a small OPT built here (the demo base, or random weights with --small)
     why: str
     base: str = ""  # DEMO or RANDOM for a small OPT built here, else ""
+
+    @property
+    def small(self) -> bool:
+        """A small OPT built here (the demo base, or random weights with --small)."""
+        return bool(self.base)
 
     def build(self) -> None:
         """Write the small OPT where `path` says, if it is one and is not there yet."""
@@ -80,23 +84,22 @@ def choose_model(
     """See the module docstring. build=False names the small OPT's directory without writing
     it (data parallel: rank 0 builds it, the other ranks wait and load it)."""
     if model:
-        return ModelChoice(model, model, False, "--model")
+        return ModelChoice(model, model, "--model")
     if not small:
         snapshot = cached_snapshot()
         if snapshot is not None:
             return ModelChoice(
                 str(snapshot),
                 CACHED_DEFAULT,
-                False,
                 f"found in the local Hugging Face cache: {snapshot}",
             )
         from lora_kata.demo_base import cache_dir
 
         why = f"--model not given and {CACHED_DEFAULT} is not in the local Hugging Face cache"
-        choice = ModelChoice(str(cache_dir()), str(cache_dir()), True, why, DEMO)
+        choice = ModelChoice(str(cache_dir()), str(cache_dir()), why, DEMO)
     else:
         directory = out / "base-model"
-        choice = ModelChoice(str(directory), str(directory), True, "--small", RANDOM)
+        choice = ModelChoice(str(directory), str(directory), "--small", RANDOM)
     if build:
         choice.build()
     return choice
