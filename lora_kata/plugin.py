@@ -22,6 +22,7 @@ from lora_kata import REPO_ROOT, fingerprint, impl, progress
 from lora_kata.catalog import by_id, exercise_of_test_file, load_catalog
 from lora_kata.collect import keyword_excludes_file
 from lora_kata.i18n import language, t
+from lora_kata.messages import use_language
 from lora_kata.progress import (
     BROKEN,
     DONE,
@@ -157,7 +158,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.tbstyle = "no" if learner else "line"
     if learner and config.option.reportchars == "fE":
         config.option.reportchars = ""
-    config.stash[STATE_KEY] = KataState(config)
+    state = KataState(config)
+    config.stash[STATE_KEY] = state
+    # The tests' assertion messages (lora_kata/messages) follow the report's language.
+    use_language(state.lang)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
