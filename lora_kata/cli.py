@@ -22,7 +22,8 @@ from pathlib import Path
 from lora_kata import REPO_ROOT, fingerprint, progress
 from lora_kata.catalog import by_id, load_catalog
 from lora_kata.i18n import language, t
-from lora_kata.report import refresh, report_lines
+from lora_kata.messages import test_title
+from lora_kata.report import refresh, report_lines, shown_message
 from lora_kata.splice import replace_definitions
 
 LEVEL_NAMES = {
@@ -103,7 +104,7 @@ def cmd_lesson(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     data = progress.read(Path(args.progress) if args.progress else None)
     if data is None:
-        print("No progress yet: run `pytest exercises/` first.")
+        print(t("no progress", language(args.lang)))
         return 1
     if args.json:
         print(json.dumps(data, ensure_ascii=False, indent=2))
@@ -116,30 +117,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.all:
         print()
         print(t("all failures", lang) + ":")
-        for line in failure_lines(data):
+        for line in failure_lines(data, lang):
             print(line)
     return 0
 
 
-def failure_lines(data: dict) -> list[str]:
+def failure_lines(data: dict, lang: str = "en") -> list[str]:
     """Every failing test of the run, with where it failed and its whole message."""
     lines = []
     for record in data.get("tests", []):
         if record.get("outcome") != "failed":
             continue
         where = f" ({record['where']})" if record.get("where") else ""
-        lines.append(f" ✘ {record['exercise']} {record['name']}{where}")
-        message = (record.get("message") or record.get("error_type") or "").strip()
+        title = test_title(record["exercise"], record["name"], lang)
+        lines.append(f" ✘ {record['exercise']} {title or record['name']}{where}")
+        if title:
+            lines.append(f"     {t('test', lang)}: {record['name']}")
+        step = {**record, "message": (record.get("message") or "").strip()}
+        message = shown_message(step, lang) or record.get("error_type") or ""
         lines.extend(f"     {line}" for line in message.splitlines() or [""])
         if record.get("example"):
-            lines.append(f"     example: {record['example']}")
-    return lines or ["  (none)"]
+            lines.append(f"     {t('example', lang)}: {record['example']}")
+    return lines or ["  " + t("none", lang)]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     lang = language(args.lang)
     for e in load_catalog():
-        requires = f"  (after {', '.join(e.requires)})" if e.requires else ""
+        requires = f"  ({t('after', lang, ids=', '.join(e.requires))})" if e.requires else ""
         print(f"{e.id}  {e.title_in(lang)}{requires}")
         for qualified in e.functions:
             module, _, name = qualified.partition(".")

@@ -71,6 +71,17 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "changed files": {"en": "files changed since: {files}", "zh": "此后改动过的文件：{files}"},
     "no changes": {"en": "no file changed since", "zh": "此后没有文件改动"},
+    "raised": {
+        "en": "{error_type}: {message}",
+        "zh": "抛出了 {error_type}：{message}",
+    },
+    "test": {"en": "test", "zh": "测试"},
+    "no progress": {
+        "en": "No progress yet: run `pytest exercises/` first.",
+        "zh": "还没有进度记录：请先运行 `pytest exercises/`。",
+    },
+    "none": {"en": "(none)", "zh": "（无）"},
+    "after": {"en": "after {ids}", "zh": "需先完成 {ids}"},
     "all failures": {"en": "Every failing test", "zh": "全部未通过的测试"},
     "kata is": {
         "en": "The kata is `pytest exercises/`. (Plain `pytest` here would be the kata's own "

@@ -164,6 +164,19 @@ def pytest_configure(config: pytest.Config) -> None:
     use_language(state.lang)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under zh, pytest's own header and closing line speak Chinese too."""
+    config = session.config
+    if STATE_KEY not in config.stash or _state(config).lang != "zh":
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        from lora_kata.pytest_zh import speak_chinese
+
+        speak_chinese(reporter)
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """`-k test_02` never imports the other exercises' test files (nor their libraries)."""
     if collection_path.suffix != ".py" or exercise_of_test_file(collection_path) is None:
@@ -348,5 +361,6 @@ __all__ = [
     "pytest_runtest_makereport",
     "pytest_runtest_setup",
     "pytest_sessionfinish",
+    "pytest_sessionstart",
     "pytest_terminal_summary",
 ]

@@ -11,6 +11,7 @@ import unicodedata
 from lora_kata import REPO_ROOT, fingerprint
 from lora_kata.catalog import by_id
 from lora_kata.i18n import t
+from lora_kata.messages import test_title
 from lora_kata.progress import (
     BROKEN_STATUS,
     DONE,
@@ -21,6 +22,7 @@ from lora_kata.progress import (
     OWN_STUB,
     TIMEOUT,
     WAITING_STATUS,
+    WRONG,
     ExerciseResult,
     TestRecord,
     effective_status,
@@ -97,6 +99,7 @@ def next_step(
     step["where"] = first.where
     step["why"] = first.why
     step["message"] = first.message
+    step["error_type"] = first.error_type
     step["example"] = first.example
     step["failing"] = len(failures)
     if first.why == OWN_STUB:
@@ -159,6 +162,32 @@ def refresh(data: dict, lang: str | None = None) -> dict:
     fresh["unparsable"] = unparsable
     fresh["next"] = next_step(results, records, lang or data.get("lang") or "en", unparsable)
     return fresh
+
+
+# What a failed `assert` or pytest.fail says is the test's own message; anything else was raised
+# by the code under test (or a library it called), so the report names the exception.
+TEST_ERRORS = ("AssertionError", "Failed", None)
+
+
+def shown_message(step: dict, lang: str) -> str:
+    """The failure's message, with the exception's type when the code under test raised it."""
+    message = step.get("message") or ""
+    error_type = step.get("error_type")
+    if step.get("why") != WRONG or error_type in TEST_ERRORS or message.startswith(error_type):
+        return message
+    return t("raised", lang, error_type=error_type, message=message)
+
+
+def failure_heading(step: dict, lang: str) -> list[tuple[str, dict]]:
+    """ " ✘ <test>" (where it failed), or under zh the test's Chinese title, then its name."""
+    where = f" ({step['where']})" if step.get("where") else ""
+    title = test_title(step["id"], step["test"], lang)
+    if title is None:
+        return [(f" ✘ {step['test']}{where}", {"red": True})]
+    return [
+        (f" ✘ {title}", {"red": True}),
+        (f"   {t('test', lang)}: {step['test']}{where}", {}),
+    ]
 
 
 def render_report(terminal, data: dict, lang: str) -> None:
@@ -244,8 +273,7 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
         return out
     elif step.get("test"):
         out.append(("", {}))
-        where = f" ({step['where']})" if step.get("where") else ""
-        out.append((f" ✘ {step['test']}{where}", {"red": True}))
+        out.extend(failure_heading(step, lang))
         if step.get("why") == OWN_STUB:
             out.append(("   " + t("start", lang, file=step["file"], id=step["id"]), {}))
         elif step.get("why") == TIMEOUT:
@@ -253,7 +281,7 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
             place = step.get("where") or step["file"]
             out.append(("   " + t("timeout", lang, seconds=seconds, where=place), {}))
         else:
-            out.append(("   " + step["message"], {}))
+            out.append(("   " + shown_message(step, lang), {}))
         if step.get("example"):
             out.append((f"   {t('example', lang)}: {step['example']}", {}))
         if step.get("failing", 0) > 1:
