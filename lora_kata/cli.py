@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lora_kata import REPO_ROOT, fingerprint, progress
 from lora_kata.catalog import by_id, load_catalog
-from lora_kata.i18n import language, t
+from lora_kata.i18n import label, language, t
 from lora_kata.messages import test_title
 from lora_kata.report import refresh, report_lines, shown_message
 from lora_kata.splice import replace_definitions
@@ -86,11 +86,11 @@ def cmd_hint(args: argparse.Namespace) -> int:
             print(f"\n{step['test']}: {specific}")
     print()
     if level < len(exercise.hints):
-        print(f"{t('more hints', lang)}: lora-kata hint {exercise.id} --level {level + 1}")
+        print(f"{label('more hints', lang)}lora-kata hint {exercise.id} --level {level + 1}")
     for module in exercise.modules:
         names = [f.split(".", 1)[1] for f in exercise.functions if f.startswith(module + ".")]
-        print(f"{t('edit', lang)}: exercises/{module}.py → {', '.join(names)}")
-    print(f"{t('lesson', lang)}: {exercise.lesson(lang).relative_to(REPO_ROOT)}")
+        print(f"{label('edit', lang)}exercises/{module}.py → {', '.join(names)}")
+    print(f"{label('lesson', lang)}{exercise.lesson(lang).relative_to(REPO_ROOT)}")
     return 0
 
 
@@ -116,7 +116,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(line)
     if args.all:
         print()
-        print(t("all failures", lang) + ":")
+        print(t("all failures", lang) + ("：" if lang == "zh" else ":"))
         for line in failure_lines(data, lang):
             print(line)
     return 0
@@ -132,12 +132,12 @@ def failure_lines(data: dict, lang: str = "en") -> list[str]:
         title = test_title(record["exercise"], record["name"], lang)
         lines.append(f" ✘ {record['exercise']} {title or record['name']}{where}")
         if title:
-            lines.append(f"     {t('test', lang)}: {record['name']}")
+            lines.append(f"     {label('test', lang)}{record['name']}")
         step = {**record, "message": (record.get("message") or "").strip()}
         message = shown_message(step, lang) or record.get("error_type") or ""
         lines.extend(f"     {line}" for line in message.splitlines() or [""])
         if record.get("example"):
-            lines.append(f"     {t('example', lang)}: {record['example']}")
+            lines.append(f"     {label('example', lang)}{record['example']}")
     return lines or ["  " + t("none", lang)]
 
 

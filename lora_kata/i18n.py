@@ -82,6 +82,16 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "none": {"en": "(none)", "zh": "（无）"},
     "after": {"en": "after {ids}", "zh": "需先完成 {ids}"},
+    "try finish first": {
+        "en": "finish {id} first: {function} is still a stub.",
+        "zh": "请先完成练习 {id}：{function} 还是桩代码。",
+    },
+    "picture": {"en": "picture", "zh": "图"},
+    "took": {"en": "(took {seconds:.1f} s)", "zh": "（用时 {seconds:.1f} 秒）"},
+    "no experiment": {
+        "en": "no experiment for {key}; the lessons with one are {known}",
+        "zh": "第 {key} 课没有实验；有实验的课是 {known}",
+    },
     "all failures": {"en": "Every failing test", "zh": "全部未通过的测试"},
     "kata is": {
         "en": "The kata is `pytest exercises/`. (Plain `pytest` here would be the kata's own "
@@ -107,3 +117,8 @@ def language(explicit: str | None = None) -> str:
 def t(key: str, lang: str, **fields: object) -> str:
     entry = MESSAGES[key]
     return (entry.get(lang) or entry["en"]).format(**fields)
+
+
+def label(key: str, lang: str) -> str:
+    """A label and its colon: "Next: " in English, "下一步：" in Chinese."""
+    return t(key, lang) + ("：" if lang == "zh" else ": ")

@@ -10,7 +10,7 @@ import unicodedata
 
 from lora_kata import REPO_ROOT, fingerprint
 from lora_kata.catalog import by_id
-from lora_kata.i18n import t
+from lora_kata.i18n import label, t
 from lora_kata.messages import test_title
 from lora_kata.progress import (
     BROKEN_STATUS,
@@ -186,7 +186,7 @@ def failure_heading(step: dict, lang: str) -> list[tuple[str, dict]]:
         return [(f" ✘ {step['test']}{where}", {"red": True})]
     return [
         (f" ✘ {title}", {"red": True}),
-        (f"   {t('test', lang)}: {step['test']}{where}", {}),
+        (f"   {label('test', lang)}{step['test']}{where}", {}),
     ]
 
 
@@ -228,7 +228,7 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
         colour = COLOURS.get(status)
         out.append((text.rstrip(), {colour: True} if colour else {}))
         for reason in e.get("skipped_here") or []:
-            out.append((f"       {t('skipped', lang)}: {reason}", {}))
+            out.append((f"       {label('skipped', lang)}{reason}", {}))
     for problem in data.get("unparsable") or []:
         where = f"{problem['file']}:{problem['line']}" if problem.get("line") else problem["file"]
         out.append((f" ! {t('does not compile', lang, where=where)}", {"red": True}))
@@ -259,9 +259,9 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
         )
         out.append((" " + t("all done", lang, package=package), {"green": True, "bold": True}))
         return out
-    out.append((f" {t('next', lang)}: {step['id']} {step['title']}", {"bold": True}))
-    out.append((f"   {t('edit', lang)}: {step['file']} → {step['function']}", {}))
-    out.append((f"   {t('lesson', lang)}: {step['lesson']}", {}))
+    out.append((f" {label('next', lang)}{step['id']} {step['title']}", {"bold": True}))
+    out.append((f"   {label('edit', lang)}{step['file']} → {step['function']}", {}))
+    out.append((f"   {label('lesson', lang)}{step['lesson']}", {}))
     if step.get("changed"):
         out.append(("", {}))
         out.append((" " + t("changed run", lang, id=step["id"]), {"yellow": True}))
@@ -283,16 +283,16 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
         else:
             out.append(("   " + shown_message(step, lang), {}))
         if step.get("example"):
-            out.append((f"   {t('example', lang)}: {step['example']}", {}))
+            out.append((f"   {label('example', lang)}{step['example']}", {}))
         if step.get("failing", 0) > 1:
             out.append(("   (" + t("other failures", lang, n=step["failing"] - 1) + ")", {}))
     out.append(("", {}))
     for i, line in enumerate(step["hint"].strip().splitlines()):
-        prefix = f" {t('hint', lang)}: " if i == 0 else "   "
+        prefix = f" {label('hint', lang)}" if i == 0 else "   "
         out.append((prefix + line, {"cyan": True} if i == 0 else {}))
     out.append(
         (
-            f"   {t('more hints', lang)}: {step['more']}  ·  {t('details', lang)}: "
+            f"   {label('more hints', lang)}{step['more']}  ·  {label('details', lang)}"
             f"pytest exercises/ -k test_{step['id']} --tb=short",
             {},
         )

@@ -3,9 +3,12 @@ what its lesson says to look for; on the untouched stubs it says which exercise 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from lora_kata.experiments import EXPERIMENTS, FinishFirst, run
+from lora_kata.experiments.common import format_table, translate_cell
 
 # What each experiment must show on the reference, with the margin it is shown by.
 EXPECTED = {
@@ -53,6 +56,30 @@ def test_experiment_runs_on_the_reference_and_shows_its_point(exercise, tmp_path
     assert outcome.rows, f"try {exercise} printed an empty table"
     assert EXPECTED[exercise](outcome.numbers), (
         f"try {exercise} does not show what its lesson says to look for: {outcome.numbers}"
+    )
+    words = outcome.headers + [v for row in outcome.rows for v in row if isinstance(v, str) and v]
+    untranslated = [w for w in words if has_words(w) and translate_cell(w, "zh") is None]
+    assert not untranslated, (
+        f"try {exercise} under zh would print these table words in English: {untranslated}; "
+        "add them to [table.zh] in lora_kata/experiments/texts.toml"
+    )
+
+
+def has_words(text: str) -> bool:
+    """Text with a word in it, not only values ("4096→1024", "7.6 / 8.1", "L0.q_proj")."""
+    return re.search(r"[A-Za-z]{2,}", re.sub(r"\S*[_.→]\S*", " ", text)) is not None
+
+
+def test_a_chinese_table_lines_up_and_keeps_the_values():
+    table = format_table(["批大小", "waste"], [[4, 0.35], [16, 0.5]])
+    lines = table.splitlines()
+    from lora_kata.report import _width
+
+    assert len({_width(line) for line in lines}) == 1, (
+        f"every line of the table should be as wide on screen (CJK = 2 columns):\n{table}"
+    )
+    assert translate_cell("loss after 40", "zh") == "40 步后的损失", (
+        f"a templated header keeps its value, got {translate_cell('loss after 40', 'zh')!r}"
     )
 
 

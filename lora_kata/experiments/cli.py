@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from lora_kata.i18n import language
+from lora_kata.i18n import language, t
 
 
 def cmd_try(args: argparse.Namespace) -> int:
@@ -23,7 +23,7 @@ def cmd_try(args: argparse.Namespace) -> int:
     key = args.exercise.zfill(2)
     if key not in EXPERIMENTS:
         known = ", ".join(EXPERIMENTS)
-        print(f"no experiment for {key}; the lessons with one are {known}")
+        print(t("no experiment", lang, key=key, known=known))
         return 2
     return run_and_print(EXPERIMENTS[key], lang, Path(args.out) if args.out else None)
 

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 import time
+import tomllib
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_kata import REPO_ROOT
+from lora_kata.i18n import label, t
 from lora_kata.impl import KataModuleBroken, implementation
 from lora_kata.progress import STUB_MESSAGE
 
 OUT_DIR = REPO_ROOT / ".lora_kata" / "try"
+TABLE_WORDS: dict[str, dict[str, str]] = tomllib.loads(
+    (Path(__file__).with_name("texts.toml")).read_text(encoding="utf-8")
+).get("table", {})
 
 
 class FinishFirst(Exception):
@@ -76,12 +83,57 @@ def format_table(headers: list[str], rows: list[list[object]]) -> str:
             return f"{value:,}"
         return str(value)
 
+    def shown_width(text: str) -> int:  # Chinese characters take two columns
+        return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+    def right(text: str, width: int) -> str:
+        return " " * max(0, width - shown_width(text)) + text
+
     text = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in text)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    widths = [
+        max(shown_width(h), *(shown_width(r[i]) for r in text)) for i, h in enumerate(headers)
+    ]
+    lines = ["  ".join(right(h, w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("─" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in text]
+    lines += ["  ".join(right(c, w) for c, w in zip(r, widths, strict=True)) for r in text]
     return "\n".join(lines)
+
+
+def _pattern(template: str) -> re.Pattern:
+    """ "loss after {steps}" -> a regex that matches "loss after 40" and captures steps."""
+    parts = re.split(r"\{(\w+)\}", template)
+    regex = "".join(
+        re.escape(part) if i % 2 == 0 else f"(?P<{part}>.+?)" for i, part in enumerate(parts)
+    )
+    return re.compile(regex + "$")
+
+
+def translate_cell(text: str, lang: str) -> str | None:
+    """A table header or text cell in `lang` (texts.toml's [table]); None if it has none."""
+    if lang == "en":
+        return text
+    words = TABLE_WORDS.get(lang, {})
+    if text in words:
+        return words[text]
+    for english, chinese in words.items():
+        if "{" in english:
+            match = _pattern(english).match(text)
+            if match:
+                return chinese.format(**match.groupdict())
+    return None
+
+
+def translate_table(
+    headers: list[str], rows: list[list[object]], lang: str
+) -> tuple[list[str], list[list[object]]]:
+    """Headers and text cells in `lang` (numbers as they are; unknown text stays English)."""
+
+    def one(value: object) -> object:
+        if not isinstance(value, str) or not value:
+            return value
+        return translate_cell(value, lang) or value
+
+    return [one(h) for h in headers], [[one(v) for v in row] for row in rows]
 
 
 def run(experiment, out_dir: Path | None = None) -> Outcome:
@@ -107,24 +159,19 @@ def run_and_print(
     try:
         outcome = run(experiment, out_dir)
     except FinishFirst as missing:
-        if lang == "zh":
-            echo(f"请先完成练习 {missing.exercise}：{missing.function} 还是桩代码。")
-        else:
-            echo(f"finish {missing.exercise} first: {missing.function} is still a stub.")
+        echo(t("try finish first", lang, id=missing.exercise, function=missing.function))
         echo(f"  pytest exercises/ -k test_{missing.exercise}")
         return 1
     except KataModuleBroken as broken:
         echo(str(broken))
         return 1
-    echo(format_table(outcome.headers, outcome.rows))
+    echo(format_table(*translate_table(outcome.headers, outcome.rows, lang)))
     if outcome.figure is not None:
         try:
             shown = outcome.figure.relative_to(REPO_ROOT)
         except ValueError:
             shown = outcome.figure
-        label = "图" if lang == "zh" else "picture"
-        echo(f"\n{label}: {shown}")
+        echo(f"\n{label('picture', lang)}{shown}")
     echo("\n" + experiment.look_for_in(lang))
-    done = "用时" if lang == "zh" else "took"
-    echo(f"({done} {outcome.seconds:.1f} s)")
+    echo(t("took", lang, seconds=outcome.seconds))
     return 0
