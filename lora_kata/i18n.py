@@ -92,6 +92,22 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "no experiment for {key}; the lessons with one are {known}",
         "zh": "第 {key} 课没有实验；有实验的课是 {known}",
     },
+    "watching": {
+        "en": "watching {folder}/*.py — save a file to rerun; Ctrl-C to stop",
+        "zh": "正在监视 {folder}/*.py——保存文件即重新运行；按 Ctrl-C 停止",
+    },
+    "rerunning": {"en": "saved {saved}: rerunning {ids}", "zh": "已保存 {saved}：重新运行 {ids}"},
+    "rechecking": {"en": "rechecking {ids}", "zh": "正在复查 {ids}"},
+    "pytest stopped": {
+        "en": "pytest stopped with exit code {code}:",
+        "zh": "pytest 异常退出，退出码 {code}：",
+    },
+    "missing name": {
+        "en": "{file} has no `{name}`. The tests import exactly the names in the kata's API; "
+        "did you rename or delete `{name}`?",
+        "zh": "{file} 里没有 `{name}`。测试按 kata 的 API 导入这些名字，一个不差；"
+        "你是不是把 `{name}` 改名或删掉了？",
+    },
     "all failures": {"en": "Every failing test", "zh": "全部未通过的测试"},
     "kata is": {
         "en": "The kata is `pytest exercises/`. (Plain `pytest` here would be the kata's own "

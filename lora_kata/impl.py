@@ -129,9 +129,12 @@ class ImplModule:
         try:
             return getattr(module, name)
         except AttributeError:
+            from lora_kata.i18n import t
+            from lora_kata.messages import current_language
+
+            file = _relative(Path(module.__file__))
             raise AttributeError(
-                f"{_relative(Path(module.__file__))} has no `{name}`. The tests import exactly "
-                f"the names in the kata's API; did you rename or delete `{name}`?"
+                t("missing name", current_language(), file=file, name=name)
             ) from None
 
     def __repr__(self) -> str:

@@ -202,7 +202,7 @@ class Watch:
         for line, markup in report_lines(data, self.lang):
             self.say(line, **markup)
         if self.queue:
-            self.say(f" … rechecking {', '.join(self.queue)}", yellow=True)
+            self.say(" … " + t("rechecking", self.lang, ids=", ".join(self.queue)), yellow=True)
         return data
 
     # --- scheduling ---------------------------------------------------------------------
@@ -236,7 +236,7 @@ class Watch:
         verdict = self.first_batch
         self.first_batch = False
         if code not in (0, 1, 5):  # not a test outcome: pytest itself failed; show why
-            self.say(f"pytest stopped with exit code {code}:", red=True)
+            self.say(t("pytest stopped", self.lang, code=code), red=True)
             self.say(self.log.read_text(encoding="utf-8", errors="replace")[-3000:])
         if verdict or not self.queue:
             data = self.show_report()
@@ -252,10 +252,7 @@ class Watch:
 
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> int:
-        self.say(
-            f"watching {self.folder.name}/*.py — save a file to rerun; Ctrl-C to stop",
-            bold=True,
-        )
+        self.say(t("watching", self.lang, folder=self.folder.name), bold=True)
         runner = Runner(use_worker=not self.args.no_worker)
         before = _snapshot(self.folder)
         stale = _stale(self.impl)
@@ -280,9 +277,9 @@ class Watch:
                         self.batch = []
                     self.enqueue(fingerprint.affected_by(modules, self.impl))
                     self.first_batch = True
+                    saved, ids = ", ".join(self.saved), ", ".join(self.queue)
                     self.say(
-                        f"\n── saved {', '.join(self.saved)}: rerunning {', '.join(self.queue)} ──",
-                        bold=True,
+                        "\n── " + t("rerunning", self.lang, saved=saved, ids=ids) + " ──", bold=True
                     )
                     if not self.queue:  # a file no exercise uses: the report still checks it
                         self.show_report()
