@@ -15,6 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lora_kata.impl import implementation
+from lora_kata.messages import msg
+from lora_kata.raising import must_raise
 from lora_kata.testing_training import lora_names, tiny_lora_opt
 
 pack = implementation("pack")
@@ -86,9 +88,9 @@ def expected_batch(features, max_length):
 
 def packed(features, max_length):
     batch = pack.pack_quotes(features, max_length, PAD)
-    assert isinstance(batch, dict), f"pack_quotes should return a dict, got {type(batch)}"
+    assert isinstance(batch, dict), msg("11.returns_a_dict", got=type(batch))
     missing = {"input_ids", "labels", "position_ids", "attention_mask"} - set(batch)
-    assert not missing, f"pack_quotes' dict lacks {sorted(missing)} (found {sorted(batch)})"
+    assert not missing, msg("11.dict_keys", missing=sorted(missing), found=sorted(batch))
     return batch
 
 
@@ -109,10 +111,8 @@ def test_padding_waste_is_the_fraction_of_pad_slots():
     ]
     for lengths, batch_size, expected in cases:
         got = pack.padding_waste(lengths, batch_size)
-        assert got == pytest.approx(expected, abs=1e-12), (
-            f"padding_waste({lengths}, {batch_size}) should be {expected:.4f} (pad slots / all "
-            f"slots, each batch padded to its own longest), got {got!r}: padded to the global "
-            "longest, counted the last short batch as full, or returned the used fraction?"
+        assert got == pytest.approx(expected, abs=1e-12), msg(
+            "11.waste_fraction", lengths=lengths, batch_size=batch_size, expected=expected, got=got
         )
 
 
@@ -127,15 +127,20 @@ def test_padding_waste_equals_the_pads_collate_for_causal_lm_adds(lengths, batch
         ]
         pads += int((mask == 0).sum())
         slots += mask.numel()
-    assert got == pytest.approx(pads / slots, abs=1e-12), (
-        f"padding_waste({lengths}, {batch_size}) = {got!r}, but collating consecutive batches "
-        f"of {batch_size} adds {pads} pads to {slots} slots ({pads / slots:.4f})"
+    assert got == pytest.approx(pads / slots, abs=1e-12), msg(
+        "11.waste_equals_collate_pads",
+        lengths=lengths,
+        batch_size=batch_size,
+        got=got,
+        pads=pads,
+        slots=slots,
+        share=pads / slots,
     )
 
 
 def test_padding_waste_rejects_a_batch_size_of_zero():
     # ZeroDivisionError is what Python itself says; a ValueError naming batch_size is kinder.
-    with pytest.raises((ValueError, ZeroDivisionError)):
+    with must_raise((ValueError, ZeroDivisionError), msg("11.batch_size_zero_accepted")):
         pack.padding_waste([3, 4], 0)
 
 
@@ -148,7 +153,7 @@ def check_layout(features, max_length, batch):
     if got.shape == ids.shape and torch.equal(got, ids):
         return
     lengths = [len(f["input_ids"]) for f in features]
-    where = f"lengths {lengths}, max_length {max_length}"
+    where = msg("11.layout_where", lengths=lengths, max_length=max_length)
     rows = [row[row != PAD].tolist() for row in got]
     for f in features:
         quote = f["input_ids"]
@@ -156,30 +161,20 @@ def check_layout(features, max_length, batch):
             any(row[k : k + len(quote)] == quote for k in range(len(row) - len(quote) + 1))
             for row in rows
         )
-        assert whole, (
-            f"a quote of {len(quote)} tokens is not whole in any row ({where}): quotes split "
-            "across rows. Pack whole quotes only; a quote that fits in no row opens a new row"
-        )
-    assert got.shape[1] <= max_length, (
-        f"rows of {got.shape[1]} tokens exceed max_length={max_length} ({where})"
+        assert whole, msg("11.quote_not_whole", n=len(quote), where=where)
+    assert got.shape[1] <= max_length, msg(
+        "11.rows_exceed_max_length", width=got.shape[1], max_length=max_length, where=where
     )
     next_rows = fit_rows(lengths, max_length, first_fit=False)
     if len(got) == len(next_rows) != len(fit_rows(lengths, max_length)):
         raise AssertionError(
-            f"{len(got)} rows for {where}: that is next fit (only the last row is tried). "
-            "First fit puts each quote into the FIRST row with room, earlier rows included, "
-            f"which needs {ids.shape[0]} rows"
+            msg("11.next_fit", rows=len(got), where=where, first_fit_rows=ids.shape[0])
         )
-    assert got.shape == ids.shape, (
-        f"input_ids should have shape {tuple(ids.shape)} (rows × the longest row, right-padded), "
-        f"got {tuple(got.shape)} ({where}). Next fit instead of first fit? Padded to "
-        "max_length instead of the longest row?"
+    assert got.shape == ids.shape, msg(
+        "11.input_ids_shape", want=tuple(ids.shape), got=tuple(got.shape), where=where
     )
     raise AssertionError(
-        f"input_ids differ from first fit in order ({where}):\nexpected {ids.tolist()}\n"
-        f"got      {got.tolist()}\nEach quote goes after the quotes already in the first row "
-        "with room (next fit, or a sorted order, places them elsewhere); padding on the right "
-        "with pad_token_id"
+        msg("11.input_ids_order", where=where, expected=ids.tolist(), got=got.tolist())
     )
 
 
@@ -189,8 +184,8 @@ def test_pack_quotes_places_whole_quotes_first_fit_and_pads_to_the_longest_row()
     features = make_quotes([6, 5, 4, 3, 2])
     batch = packed(features, 10)
     check_layout(features, 10, batch)
-    assert batch["input_ids"].dtype == torch.long, (
-        f"input_ids should be torch.long, got {batch['input_ids'].dtype}"
+    assert batch["input_ids"].dtype == torch.long, msg(
+        "11.input_ids_dtype", got=batch["input_ids"].dtype
     )
 
 
@@ -208,21 +203,14 @@ def test_labels_are_ids_except_padding_and_each_quotes_first_token(lengths, max_
     got = batch["labels"]
     if got.shape == labels.shape and torch.equal(got, labels):
         return
-    assert got.shape == labels.shape, (
-        f"labels: shape {tuple(got.shape)}, expected {tuple(labels.shape)}"
+    assert got.shape == labels.shape, msg(
+        "11.labels_shape", got=tuple(got.shape), want=tuple(labels.shape)
     )
     firsts = (labels == -100) & (ids != PAD)
     if (got[firsts] != -100).any():
-        raise AssertionError(
-            "labels cross quotes: the first token of a quote is not -100. The model shifts "
-            "labels itself, so the previous quote's last token (EOS) would be trained to "
-            "predict the next quote's first token; set labels to -100 at every quote's start"
-        )
-    assert (got[ids == PAD] == -100).all(), "labels: padding must be -100 (ignored by the loss)"
-    raise AssertionError(
-        f"labels should be input_ids (unshifted: the model shifts them) with -100 on padding "
-        f"and on each quote's first token:\nexpected {labels.tolist()}\ngot      {got.tolist()}"
-    )
+        raise AssertionError(msg("11.labels_cross_quotes"))
+    assert (got[ids == PAD] == -100).all(), msg("11.labels_padding")
+    raise AssertionError(msg("11.labels_values", expected=labels.tolist(), got=got.tolist()))
 
 
 @given(quote_lengths(), st.integers(12, 30))
@@ -231,15 +219,13 @@ def test_position_ids_restart_at_zero_for_each_quote(lengths, max_length):
     batch = packed(features, max_length)
     *_, positions, _, spans = expected_batch(features, max_length)
     got = batch["position_ids"]
-    assert got.shape == positions.shape, (
-        f"position_ids: shape {tuple(got.shape)}, expected {tuple(positions.shape)}"
+    assert got.shape == positions.shape, msg(
+        "11.position_ids_shape", got=tuple(got.shape), want=tuple(positions.shape)
     )
     for r, start, end in spans:  # padding positions are free (any value the model has)
         run = got[r, start:end].tolist()
-        assert run == list(range(end - start)), (
-            f"position_ids do not restart at 0 for each quote: a quote at columns "
-            f"{start}..{end - 1} of row {r} got {run}. Each quote should see positions "
-            "0, 1, ..., as if it stood alone (OPT learns one embedding per position)"
+        assert run == list(range(end - start)), msg(
+            "11.positions_restart", start=start, last=end - 1, row=r, run=run
         )
 
 
@@ -248,54 +234,35 @@ def test_the_attention_mask_is_4d_float_causal_within_each_quote_closed_elsewher
     batch = packed(features, 9)
     *_, allowed, _ = expected_batch(features, 9)
     mask = batch["attention_mask"]
-    assert mask.dtype != torch.bool, (
-        "attention_mask is a boolean mask: OPT's eager attention ADDS the mask to the scores, "
-        "so True/False become +1/+0 and nothing is masked. Use a float mask: 0 where a token may "
-        "attend, torch.finfo(dtype).min elsewhere"
-    )
-    assert mask.is_floating_point(), (
-        f"attention_mask should be a float tensor (torch.float32), got {mask.dtype}: an additive "
-        "mask, 0 where a token may attend, torch.finfo(dtype).min elsewhere"
-    )
+    assert mask.dtype != torch.bool, msg("11.mask_is_boolean")
+    assert mask.is_floating_point(), msg("11.mask_is_float", got=mask.dtype)
     rows, width = allowed.shape[0], allowed.shape[1]
-    assert mask.shape == (rows, 1, width, width), (
-        f"attention_mask should be 4-D (rows, 1, L, L) = {(rows, 1, width, width)}, got "
-        f"{tuple(mask.shape)}: one L × L (query × key) mask per row, one head dimension"
+    assert mask.shape == (rows, 1, width, width), msg(
+        "11.mask_shape", want=(rows, 1, width, width), got=tuple(mask.shape)
     )
     closed = torch.finfo(mask.dtype).min
     values = set(mask.unique().tolist())
-    assert values <= {0.0, closed}, (
-        f"attention_mask should hold only 0 and torch.finfo({mask.dtype}).min = {closed:g}, "
-        f"found {sorted(values)[:6]}: -inf makes fully closed padding rows NaN; 1/0 is a "
-        "boolean mask in disguise"
+    assert values <= {0.0, closed}, msg(
+        "11.mask_values", dtype=mask.dtype, closed=closed, found=sorted(values)[:6]
     )
     opened = mask[:, 0] == 0
     leaks = opened & ~allowed
     if leaks.any():
         r, i, j = (int(x) for x in leaks.nonzero()[0])
-        raise AssertionError(
-            f"row {r}: token {i} may attend to token {j}, which it must not: "
-            + (
-                "a later token (the mask must be causal, j ≤ i)"
-                if j > i
-                else "another quote or padding (quotes must not attend to each other)"
-            )
-        )
+        why = msg("11.leak_later_token") if j > i else msg("11.leak_other_quote")
+        raise AssertionError(msg("11.mask_leaks", row=r, i=i, j=j, why=why))
     shut = allowed & ~opened
     if shut.any():
         r, i, j = (int(x) for x in shut.nonzero()[0])
-        raise AssertionError(
-            f"row {r}: token {i} may not attend to token {j} of its own quote (j ≤ i): "
-            "within a quote the mask must be open (0) on and below the diagonal"
-        )
+        raise AssertionError(msg("11.mask_shut", row=r, i=i, j=j))
 
 
 def test_a_quote_longer_than_max_length_is_a_value_error():
     features = make_quotes([3, 9, 2])
-    with pytest.raises(ValueError):
+    with must_raise(ValueError, msg("11.long_quote_accepted")):
         pack.pack_quotes(features, 8, PAD)
     batch = packed(features, 9)  # exactly max_length fits, alone in its row
-    assert batch["input_ids"].shape[1] == 9, "a quote of exactly max_length tokens fits a row"
+    assert batch["input_ids"].shape[1] == 9, msg("11.exact_max_length_fits")
 
 
 # ----------------------------------------------------------------------------- the model
@@ -328,19 +295,20 @@ def test_packed_loss_and_lora_gradients_equal_padded_one_quote_per_row(
     packed_loss, packed_grads = loss_and_lora_grads(model, batch)
     padded = data.collate_for_causal_lm(features, PAD)
     padded_loss, padded_grads = loss_and_lora_grads(model, padded)
-    assert packed_loss == pytest.approx(padded_loss, rel=LOSS_RTOL), (
-        f"{attention} attention, lengths {lengths}, max_length {max_length}: the mean loss on "
-        f"the packed batch is {packed_loss:.6f}, on the same quotes padded one per row "
-        f"{padded_loss:.6f}. Packing must not change the maths: quotes attending to each other "
-        "(mask), positions not restarting, or a quote's first token still a label?"
+    assert packed_loss == pytest.approx(padded_loss, rel=LOSS_RTOL), msg(
+        "11.packed_loss",
+        attention=attention,
+        lengths=lengths,
+        max_length=max_length,
+        packed=packed_loss,
+        padded=padded_loss,
     )
     names = lora_names(model)
-    assert sorted(packed_grads) == sorted(names), "every LoRA matrix should get a gradient"
+    assert sorted(packed_grads) == sorted(names), msg("11.every_lora_matrix_gets_a_gradient")
     for name in names:
         gap = (packed_grads[name] - padded_grads[name]).abs().max().item()
-        assert gap <= GRAD_ATOL, (
-            f"{attention} attention: the gradient of {name} on the packed batch differs from "
-            f"the padded one by {gap:.3g} (tolerance {GRAD_ATOL:g}), though the losses agree"
+        assert gap <= GRAD_ATOL, msg(
+            "11.packed_gradient", attention=attention, name=name, gap=gap, tolerance=GRAD_ATOL
         )
 
 
@@ -369,19 +337,14 @@ def test_a_boolean_mask_is_wrong_under_eager_attention_though_sdpa_takes_it(mode
     for impl, model in models.items():
         truth = separate_logits(model, features)
         float_gap = largest_gap(packed_logits_per_quote(model, batch, features, 12), truth)
-        assert float_gap <= 1e-5, (
-            f"{impl}: your packed logits differ from each quote alone by {float_gap:.3g}"
-        )
+        assert float_gap <= 1e-5, msg("11.float_mask_logits", impl=impl, gap=float_gap)
         gaps[impl] = largest_gap(
             packed_logits_per_quote(model, batch, features, 12, attention_mask=allowed), truth
         )
     # transformers 5.24 hands a 4-D mask to the attention as is: sdpa reads a boolean mask as
     # "True may attend", eager adds it to the scores (+1 / +0), which masks nothing.
-    assert gaps["sdpa"] <= 1e-5, f"sdpa with a boolean mask should be right, gap {gaps['sdpa']}"
-    assert gaps["eager"] > 1e-3, (
-        f"eager with a boolean mask should be wrong (it adds 1/0 to the scores), gap "
-        f"{gaps['eager']}: has transformers' OPT started converting boolean masks?"
-    )
+    assert gaps["sdpa"] <= 1e-5, msg("11.sdpa_boolean_mask_right", gap=gaps["sdpa"])
+    assert gaps["eager"] > 1e-3, msg("11.eager_boolean_mask_wrong", gap=gaps["eager"])
 
 
 def test_position_ids_alone_let_quotes_attend_to_each_other(models):
@@ -394,29 +357,25 @@ def test_position_ids_alone_let_quotes_attend_to_each_other(models):
     model = models["sdpa"]
     truth = separate_logits(model, features)
     gap = largest_gap(packed_logits_per_quote(model, ours, features, 15), truth)
-    assert gap <= 1e-5, (
-        f"your packed batch (position_ids and 4-D mask) should match each quote alone, off by "
-        f"{gap:.3g}: fix pack_quotes first (see the mask and position tests)"
-    )
+    assert gap <= 1e-5, msg("11.packed_matches_each_quote_alone", gap=gap)
     flat = DataCollatorWithFlattening()([{"input_ids": f["input_ids"]} for f in features])
-    assert "attention_mask" not in flat, f"the flattening collator now sends {sorted(flat)}"
+    assert "attention_mask" not in flat, msg("11.flattening_collator_sends", keys=sorted(flat))
     # transformers' mask code can read quote boundaries from restarting positions ...
     from transformers.masking_utils import find_packed_sequence_indices
 
     sequence = find_packed_sequence_indices(flat["position_ids"]).tolist()
-    assert sequence == [[0] * 5 + [1] * 7 + [2] * 3], f"packed sequence indices {sequence}"
+    assert sequence == [[0] * 5 + [1] * 7 + [2] * 3], msg(
+        "11.packed_sequence_indices", sequence=sequence
+    )
     with torch.no_grad():
         logits = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"]).logits[0]
     lengths = [len(f["input_ids"]) for f in features]
     first = lengths[0]
-    assert (logits[:first] - truth[0]).abs().max() <= 1e-5, "the first quote sees no other"
+    assert (logits[:first] - truth[0]).abs().max() <= 1e-5, msg("11.first_quote_sees_no_other")
     second = logits[first : first + lengths[1]]
-    assert (second - truth[1]).abs().max() > 1e-3, (
-        "with position_ids alone the second quote should see the first (OPT builds a plain "
-        "causal mask); if it no longer does, transformers learned packed sequences for OPT"
-    )
+    assert (second - truth[1]).abs().max() > 1e-3, msg("11.second_quote_sees_the_first")
     # ... and without position_ids OPT derives positions from the mask, which a 4-D mask breaks.
-    with pytest.raises(IndexError), torch.no_grad():
+    with must_raise(IndexError, msg("11.no_position_ids_with_4d_mask")), torch.no_grad():
         model(input_ids=ours["input_ids"], attention_mask=ours["attention_mask"])
 
 
@@ -426,17 +385,15 @@ def test_float32_min_overflows_fp16_so_the_given_helper_opens_padding_rows():
     (given) lets each padding token attend to itself; real tokens are untouched."""
     features = make_quotes([6, 3, 5])  # max_length 8: rows [6], [3, 5] → row 0 has 2 pads
     mask = packed(features, 8)["attention_mask"]
-    assert torch.isnan(torch.softmax(mask.half().float(), dim=-1)).any(), (
-        "expected padding rows of your mask to be closed everywhere (finfo(dtype).min), which "
-        "fp16 turns into -inf and softmax into NaN"
+    assert torch.isnan(torch.softmax(mask.half().float(), dim=-1)).any(), msg(
+        "11.padding_rows_closed"
     )
     given = next(pack.packed_batches(features, iter(range(3)), 2, 8, PAD))["attention_mask"]
-    assert not torch.isnan(torch.softmax(given.half().float(), dim=-1)).any(), (
-        "pack.packed_batches (given) should open each padding token to itself, so that fp16 "
-        "softmax has no NaN row; did the given helper change?"
+    assert not torch.isnan(torch.softmax(given.half().float(), dim=-1)).any(), msg(
+        "11.given_helper_opens_padding"
     )
     real = mask[:, 0].diagonal(dim1=-2, dim2=-1) == 0  # real tokens see themselves
-    assert torch.equal(given[:, 0][real], mask[:, 0][real]), "real tokens' rows must not change"
+    assert torch.equal(given[:, 0][real], mask[:, 0][real]), msg("11.real_rows_unchanged")
 
 
 # ----------------------------------------------------------------------------- finetune
@@ -474,20 +431,14 @@ def call_finetune(model, tokenizer, dataset, **settings):
         return finetune.finetune(model, tokenizer, dataset, progress=False, **settings)
     except TypeError as error:
         if "packing" in str(error) or "max_length" in str(error):
-            raise AssertionError(
-                f"finetune does not take packing / max_length ({error}): add `packing: bool = "
-                "False, max_length: int | None = None` after progress in exercises/finetune.py"
-            ) from error
+            raise AssertionError(msg("11.finetune_lacks_packing", error=error)) from error
         raise
 
 
 def quote_runs(call):
     """Token counts of the quotes in one packed micro-batch (restarts of position_ids)."""
     ids, positions = call["input_ids"], call.get("position_ids")
-    assert positions is not None, (
-        "finetune(packing=True) should pass position_ids to the model: use the given "
-        "pack.packed_batches for the micro-batches"
-    )
+    assert positions is not None, msg("11.finetune_passes_position_ids")
     runs = []
     for row, pos in zip(ids, positions, strict=True):
         real = pos[row != PAD].tolist()
@@ -510,30 +461,23 @@ def test_finetune_with_packing_trains_on_batch_size_packed_rows(quotes_and_token
     settings = dict(max_steps=6, batch_size=2, grad_accum=2, lr=1e-2, warmup_steps=0)
     with Recorder(model) as recorder:
         losses = call_finetune(model, tokenizer, dataset, packing=True, max_length=64, **settings)
-    assert len(losses) == 6, f"6 steps should give 6 losses, got {len(losses)}"
-    assert len(recorder.calls) == 12, (
-        f"6 steps × grad_accum 2 should be 12 forward passes, got {len(recorder.calls)}"
-    )
+    assert len(losses) == 6, msg("11.six_losses", got=len(losses))
+    assert len(recorder.calls) == 12, msg("11.twelve_forward_passes", got=len(recorder.calls))
     for call in recorder.calls:
         rows, width = call["input_ids"].shape
-        assert rows == 2, (
-            f"with packing each micro-batch should be batch_size = 2 packed rows, got {rows}"
-        )
-        assert width <= 64, f"packed rows of {width} tokens exceed max_length=64"
+        assert rows == 2, msg("11.micro_batch_rows", got=rows)
+        assert width <= 64, msg("11.micro_batch_width", width=width)
         mask = call.get("attention_mask")
-        assert mask is not None and mask.dim() == 4 and mask.is_floating_point(), (
-            "packed micro-batches need pack_quotes' 4-D float attention_mask, got "
-            f"{None if mask is None else (mask.dim(), mask.dtype)}"
+        assert mask is not None and mask.dim() == 4 and mask.is_floating_point(), msg(
+            "11.micro_batch_mask", got=None if mask is None else (mask.dim(), mask.dtype)
         )
     quotes_seen = sum(len(quote_runs(call)) for call in recorder.calls)
-    assert quotes_seen > 2 * len(recorder.calls), (
-        f"{len(recorder.calls)} micro-batches of 2 rows carried only {quotes_seen} quotes: the "
-        "rows are not packed (several whole quotes per row of up to max_length tokens)"
+    assert quotes_seen > 2 * len(recorder.calls), msg(
+        "11.rows_not_packed", calls=len(recorder.calls), quotes=quotes_seen
     )
     after = fixed_batch_loss(model, tokenizer, dataset)
-    assert before - after >= FINETUNE_DROP, (
-        f"training with packing should lower the loss on 8 of the quotes by ≥ {FINETUNE_DROP}: "
-        f"{before:.4f} → {after:.4f}"
+    assert before - after >= FINETUNE_DROP, msg(
+        "11.packing_lowers_the_loss", drop=FINETUNE_DROP, before=before, after=after
     )
 
 
@@ -549,13 +493,14 @@ def test_finetune_packing_max_length_defaults_to_the_models_positions(quotes_and
         limit = max_length or positions
         widths = [call["input_ids"].shape[1] for call in recorder.calls]
         longest_quote = max(max(quote_runs(call)) for call in recorder.calls)
-        what = "the model's positions" if max_length is None else f"max_length={max_length}"
-        assert max(widths) <= limit, (
-            f"packed rows of {max(widths)} tokens exceed {what} ({limit}): max_length defaults "
-            "to model.config.max_position_embeddings"
+        what = (
+            msg("11.what_model_positions")
+            if max_length is None
+            else msg("11.what_max_length", max_length=max_length)
         )
-        assert longest_quote == limit, (
-            f"the longest quote in the micro-batches has {longest_quote} tokens; quotes longer "
-            f"than {what} should be truncated to {limit} when tokenizing "
-            "(tokenize_quotes(..., max_length=max_length))"
+        assert max(widths) <= limit, msg(
+            "11.default_max_length", width=max(widths), what=what, limit=limit
+        )
+        assert longest_quote == limit, msg(
+            "11.quotes_truncated", longest=longest_quote, what=what, limit=limit
         )
