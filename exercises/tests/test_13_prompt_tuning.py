@@ -16,6 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lora_kata.impl import implementation
+from lora_kata.messages import msg
+from lora_kata.raising import must_raise
 
 prompt = implementation("prompt")
 counting = implementation("counting")
@@ -37,8 +39,8 @@ def tiny_opt(**overrides):
 def untied_opt():
     """A tiny OPT whose lm_head is NOT its input embedding, so the two cannot be confused."""
     model = tiny_opt(tie_word_embeddings=False)
-    assert model.lm_head.weight is not model.get_input_embeddings().weight, (
-        "tie_word_embeddings=False should give the tiny OPT its own lm_head"
+    assert model.lm_head.weight is not model.get_input_embeddings().weight, msg(
+        "13.untied_opt_has_its_own_lm_head"
     )
     return model
 
@@ -116,7 +118,7 @@ def model_call(wrapper, input_ids, attention_mask, labels) -> dict:
             raise
     finally:
         handle.remove()
-    assert seen, "PromptTuning.forward never called self.model: call it on inputs_embeds"
+    assert seen, msg("13.model_called")
     return seen[0]
 
 
@@ -130,18 +132,17 @@ def sizes():
 def test_prompt_is_one_trainable_fp32_row_per_virtual_token():
     model = tiny_opt()
     wrapper = prompt.PromptTuning(model, N)
-    assert wrapper.model is model, "keep the wrapped model as self.model"
-    assert isinstance(wrapper.prompt, torch.nn.Parameter), (
-        f"self.prompt should be an nn.Parameter, found {type(wrapper.prompt).__name__}"
+    assert wrapper.model is model, msg("13.model_kept")
+    assert isinstance(wrapper.prompt, torch.nn.Parameter), msg(
+        "13.prompt_is_a_parameter", found=type(wrapper.prompt).__name__
     )
-    assert tuple(wrapper.prompt.shape) == (N, HIDDEN), (
-        f"prompt shape: expected (num_virtual_tokens, hidden) = ({N}, {HIDDEN}), found "
-        f"{tuple(wrapper.prompt.shape)}"
+    assert tuple(wrapper.prompt.shape) == (N, HIDDEN), msg(
+        "13.prompt_shape", n=N, hidden=HIDDEN, got=tuple(wrapper.prompt.shape)
     )
-    assert wrapper.prompt.dtype == torch.float32, (
-        f"the prompt trains in fp32, found {wrapper.prompt.dtype}"
+    assert wrapper.prompt.dtype == torch.float32, msg(
+        "13.prompt_is_fp32", dtype=wrapper.prompt.dtype
     )
-    assert wrapper.prompt.requires_grad, "the prompt is what trains: it must require grad"
+    assert wrapper.prompt.requires_grad, msg("13.prompt_requires_grad")
 
 
 def test_only_the_prompt_trains_and_the_model_is_frozen():
@@ -149,28 +150,32 @@ def test_only_the_prompt_trains_and_the_model_is_frozen():
     frozen_total = sum(p.numel() for p in model.parameters())
     wrapper = prompt.PromptTuning(model, N)
     still = [name for name, p in model.named_parameters() if p.requires_grad]
-    assert not still, (
-        f"the model left trainable: {len(still)} of its parameters still require grad "
-        f"(e.g. {still[0]}); set requires_grad False on every parameter of the model"
-    )
+    assert not still, msg("13.model_frozen", count=len(still), example=still[0])
     trainable, total = counting.count_parameters(wrapper)
-    assert (trainable, total) == (N * HIDDEN, frozen_total + N * HIDDEN), (
-        f"count_parameters(PromptTuning) should be ({N * HIDDEN}, {frozen_total + N * HIDDEN}): "
-        f"the {N}×{HIDDEN} prompt trains, the model is frozen; found ({trainable}, {total})"
+    assert (trainable, total) == (N * HIDDEN, frozen_total + N * HIDDEN), msg(
+        "13.count_parameters_of_the_wrapper",
+        want_trainable=N * HIDDEN,
+        want_total=frozen_total + N * HIDDEN,
+        n=N,
+        hidden=HIDDEN,
+        trainable=trainable,
+        total=total,
     )
 
 
 @pytest.mark.parametrize("num_virtual_tokens", [0, -3])
 def test_fewer_than_one_virtual_token_is_a_value_error(num_virtual_tokens):
-    with pytest.raises(ValueError) as raised:
+    refused = msg("13.fewer_than_one_refused", num_virtual_tokens=num_virtual_tokens)
+    with must_raise(ValueError, refused) as raised:
         prompt.PromptTuning(tiny_opt(), num_virtual_tokens)
-    assert str(raised.value).strip(), "say what was wrong: num_virtual_tokens must be ≥ 1"
+    assert str(raised.value).strip(), msg("13.fewer_than_one_says_why")
 
 
 def test_init_text_without_a_tokenizer_is_refused():
-    with pytest.raises((ValueError, TypeError)) as raised:
+    refused = msg("13.init_text_without_tokenizer_refused", n=N, init_text=INIT_TEXT)
+    with must_raise((ValueError, TypeError), refused) as raised:
         prompt.PromptTuning(tiny_opt(), N, init_text=INIT_TEXT)
-    assert str(raised.value).strip(), "say what was wrong: init_text needs a tokenizer"
+    assert str(raised.value).strip(), msg("13.init_text_without_tokenizer_says_why")
 
 
 def test_random_init_copies_rows_of_the_input_embeddings(untied_opt):
@@ -182,25 +187,18 @@ def test_random_init_copies_rows_of_the_input_embeddings(untied_opt):
     for i, row in enumerate(rows):
         if (row == inputs).all(dim=1).any():
             continue
-        wrong = "init from wrong embeddings: " if (row == outputs).all(dim=1).any() else ""
-        raise AssertionError(
-            f"{wrong}prompt row {i} is not a row of model.get_input_embeddings().weight"
-            + (" but of lm_head (the OUTPUT embeddings)" if wrong else "")
-            + ": copy E.weight[ids] for random vocabulary ids (torch.randint), as peft's "
-            "SAMPLE_VOCAB init does"
-        )
+        if (row == outputs).all(dim=1).any():
+            raise AssertionError(msg("13.random_row_of_lm_head", row=i))
+        raise AssertionError(msg("13.random_row_of_the_input_embeddings", row=i))
     before = inputs.detach().clone()
     with torch.no_grad():
         wrapper.prompt.add_(1.0)
-    assert torch.equal(inputs, before), (
-        "changing the prompt changed the model's embedding: the prompt must be a copy "
-        "(detach().clone()), not a view of E.weight"
-    )
+    assert torch.equal(inputs, before), msg("13.prompt_is_a_copy")
     # The init this mirrors: peft's SAMPLE_VOCAB rows are input-embedding rows too.
     theirs = peft_prompt_tuning(copy.deepcopy(untied_opt), N, prompt_tuning_init="SAMPLE_VOCAB")
     peft_rows = theirs.prompt_encoder["default"].embedding.weight.detach()
-    assert all((row == inputs).all(dim=1).any() for row in peft_rows), (
-        "peft's SAMPLE_VOCAB init should copy rows of the input embedding (has peft changed?)"
+    assert all((row == inputs).all(dim=1).any() for row in peft_rows), msg(
+        "13.peft_sample_vocab_rows"
     )
 
 
@@ -215,25 +213,22 @@ def test_init_text_rows_are_its_token_embeddings_repeated_and_cut(untied_opt, nu
     weight = untied_opt.get_input_embeddings().weight.detach()
     expected = weight[repeated]
     rows = wrapper.prompt.detach()
-    assert rows.shape == expected.shape, (
-        f"with {len(ids)} text tokens and {num_virtual_tokens} virtual tokens the prompt "
-        f"should be {tuple(expected.shape)}, found {tuple(rows.shape)}: repeat the ids, then cut"
+    assert rows.shape == expected.shape, msg(
+        "13.init_text_prompt_shape",
+        count=len(ids),
+        n=num_virtual_tokens,
+        want=tuple(expected.shape),
+        got=tuple(rows.shape),
     )
     if torch.equal(rows, expected):
         return
     bare = tokenizer(INIT_TEXT, add_special_tokens=False)["input_ids"]
-    cause = "repeat the ids and cut to num_virtual_tokens: row i is E.weight[ids[i % len(ids)]]"
+    cause = msg("13.init_text_repeat_and_cut")
     if torch.equal(rows, weight[[bare[i % len(bare)] for i in range(num_virtual_tokens)]]):
-        cause = (
-            'the special tokens were left out: peft embeds tokenizer(init_text)["input_ids"], '
-            "with OPT's leading </s>"
-        )
+        cause = msg("13.init_text_special_tokens_left_out")
     elif torch.equal(rows, untied_opt.lm_head.weight.detach()[repeated]):
-        cause = "init from wrong embeddings: these are lm_head's rows, not the input embedding's"
-    raise AssertionError(
-        f"prompt rows for init_text={INIT_TEXT!r} (ids {ids}) differ from the input "
-        f"embeddings of those ids: {cause}"
-    )
+        cause = msg("13.init_text_from_lm_head")
+    raise AssertionError(msg("13.init_text_rows", init_text=INIT_TEXT, ids=ids, why=cause))
 
 
 @pytest.mark.parametrize("how", ["cut", "exact", "repeated"])
@@ -253,13 +248,11 @@ def test_text_init_gives_the_same_rows_as_peft(untied_opt, tokenizer_dir, how):
         .prompt_encoder["default"]
         .embedding.weight
     )
-    assert ours.dtype == theirs.dtype == torch.float32, (
-        f"both prompts should be fp32: ours {ours.dtype}, peft's {theirs.dtype}"
+    assert ours.dtype == theirs.dtype == torch.float32, msg(
+        "13.both_prompts_fp32", ours=ours.dtype, theirs=theirs.dtype
     )
-    assert torch.equal(ours.detach(), theirs.detach()), (
-        f"{n} virtual tokens from a {count}-token text ({how}): peft's PromptTuningInit.TEXT "
-        "gives other rows. peft embeds tokenizer(init_text)['input_ids'] (special tokens "
-        "included) with the INPUT embeddings (wrong embeddings?), repeats them and cuts to n"
+    assert torch.equal(ours.detach(), theirs.detach()), msg(
+        "13.text_init_rows_as_peft", n=n, count=count, how=how
     )
 
 
@@ -270,27 +263,19 @@ def test_the_prompt_comes_before_the_input(size):
     input_ids, attention_mask, labels = random_batch(batch, length, seed=n)
     seen = model_call(wrapper, input_ids, attention_mask, labels)
     embeds = seen.get("inputs_embeds")
-    assert embeds is not None, (
-        "call the model with inputs_embeds=[prompt; embed(input_ids)], not input_ids"
-    )
-    assert tuple(embeds.shape) == (batch, n + length, HIDDEN), (
-        f"inputs_embeds: expected (batch, n + length, h) = {(batch, n + length, HIDDEN)}, "
-        f"found {tuple(embeds.shape)}"
+    assert embeds is not None, msg("13.model_called_on_inputs_embeds")
+    assert tuple(embeds.shape) == (batch, n + length, HIDDEN), msg(
+        "13.inputs_embeds_shape", want=(batch, n + length, HIDDEN), got=tuple(embeds.shape)
     )
     with torch.no_grad():
         tokens = wrapper.model.get_input_embeddings()(input_ids)
     first = wrapper.prompt.detach().expand(batch, -1, -1)
     if not torch.equal(embeds[:, :n].detach(), first):
-        appended = torch.equal(embeds[:, -n:].detach(), first)
-        raise AssertionError(
-            ("prompt appended instead of prepended: " if appended else "")
-            + f"the first {n} positions of inputs_embeds should be the prompt (in every row "
-            "of the batch), then the input's embeddings: cat([prompt, embeds], dim=1)"
-        )
-    assert torch.equal(embeds[:, n:].detach(), tokens), (
-        "after the prompt come the input's own embeddings, model.get_input_embeddings()"
-        "(input_ids), unchanged"
-    )
+        rule = msg("13.prompt_comes_first", n=n)
+        if torch.equal(embeds[:, -n:].detach(), first):
+            raise AssertionError(msg("13.prompt_appended", rule=rule))
+        raise AssertionError(rule)
+    assert torch.equal(embeds[:, n:].detach(), tokens), msg("13.input_embeddings_after_the_prompt")
 
 
 @given(sizes())
@@ -301,20 +286,14 @@ def test_attention_mask_is_one_on_the_prompt_then_the_inputs_mask(size):
     seen = model_call(wrapper, input_ids, attention_mask, labels)
     mask = seen.get("attention_mask")
     expected = torch.cat([torch.ones(batch, n, dtype=torch.long), attention_mask], dim=1)
-    assert mask is not None, (
-        "attention mask not extended: the model got no attention_mask although one was given; "
-        "pass cat([ones (batch, n), attention_mask], dim=1)"
+    assert mask is not None, msg("13.mask_passed")
+    assert tuple(mask.shape) == tuple(expected.shape), msg(
+        "13.mask_shape", want=tuple(expected.shape), got=tuple(mask.shape)
     )
-    assert tuple(mask.shape) == tuple(expected.shape), (
-        f"attention mask not extended: expected shape (batch, n + length) = "
-        f"{tuple(expected.shape)}, found {tuple(mask.shape)}; put n ones in front of it"
-    )
-    appended = torch.equal(mask.long(), torch.cat([attention_mask, expected[:, :n]], dim=1))
-    assert torch.equal(mask.long(), expected), (
-        ("ones appended instead of prepended: " if appended else "")
-        + f"attention_mask should be {n} ones (the prompt is always attended to), then the "
-        f"input's own mask (padding stays 0); found {mask.tolist()}"
-    )
+    if not torch.equal(mask.long(), expected):
+        rule = msg("13.mask_ones_first", n=n, found=mask.tolist())
+        appended = torch.equal(mask.long(), torch.cat([attention_mask, expected[:, :n]], dim=1))
+        raise AssertionError(msg("13.mask_ones_appended", rule=rule) if appended else rule)
 
 
 @given(sizes())
@@ -324,33 +303,25 @@ def test_labels_are_minus_100_on_the_prompt_then_the_inputs_labels(size):
     input_ids, attention_mask, labels = random_batch(batch, length, seed=n)
     seen = model_call(wrapper, input_ids, attention_mask, labels)
     got = seen.get("labels")
-    assert got is not None, "labels were given: pass the extended labels to the model"
-    assert tuple(got.shape) == (batch, n + length), (
-        f"labels not extended: expected shape (batch, n + length) = {(batch, n + length)}, "
-        f"found {tuple(got.shape)}; put n values of -100 in front"
+    assert got is not None, msg("13.labels_passed")
+    assert tuple(got.shape) == (batch, n + length), msg(
+        "13.labels_shape", want=(batch, n + length), got=tuple(got.shape)
     )
     if not (got[:, :n] == -100).all():
-        raise AssertionError(
-            f"labels not masked on the prompt: the first {n} label positions should be -100 "
-            f"(cross-entropy's ignore_index: a virtual token has no text to predict), found "
-            f"{got[:, :n].tolist()}"
-        )
-    assert torch.equal(got[:, n:], labels), (
-        "after the prompt's -100s come the input's own labels, unchanged (-100 on padding kept)"
-    )
+        raise AssertionError(msg("13.labels_masked_on_the_prompt", n=n, found=got[:, :n].tolist()))
+    assert torch.equal(got[:, n:], labels), msg("13.input_labels_after_the_prompt")
 
 
 def test_the_prompt_is_fp32_even_on_a_bfloat16_model():
     model = tiny_opt().to(torch.bfloat16)
     wrapper = prompt.PromptTuning(model, N)
-    assert wrapper.prompt.dtype == torch.float32, (
-        f"expected an fp32 prompt on a bf16 model (as peft keeps it), found "
-        f"{wrapper.prompt.dtype}: copy the rows with .to(torch.float32)"
+    assert wrapper.prompt.dtype == torch.float32, msg(
+        "13.prompt_fp32_on_bf16", dtype=wrapper.prompt.dtype
     )
     input_ids, _, _ = random_batch(2, 7)
     logits = wrapper(input_ids).logits
-    assert logits.shape == (2, N + 7, VOCAB) and torch.isfinite(logits).all(), (
-        "forward on a bf16 model failed: cast the prompt to the embeddings' dtype before cat"
+    assert logits.shape == (2, N + 7, VOCAB) and torch.isfinite(logits).all(), msg(
+        "13.forward_on_bf16"
     )
 
 
@@ -360,15 +331,9 @@ def test_gradients_reach_only_the_prompt():
     input_ids, attention_mask, labels = random_batch(3, 6)
     wrapper(input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
     grad = wrapper.prompt.grad
-    assert grad is not None and grad.abs().sum() > 0, (
-        "no gradient reached the prompt: build inputs_embeds from self.prompt itself "
-        "(not a detached copy or .data) so the loss depends on it"
-    )
+    assert grad is not None and grad.abs().sum() > 0, msg("13.prompt_gets_a_gradient")
     moved = [name for name, p in model.named_parameters() if p.grad is not None]
-    assert not moved, (
-        f"the model left trainable: gradients reached {len(moved)} model parameters "
-        f"(e.g. {moved[0]}); only the prompt may get a gradient"
-    )
+    assert not moved, msg("13.model_gets_no_gradient", count=len(moved), example=moved[0])
 
 
 def quotes_batch(tokenizer, count=3, max_length=24):
@@ -393,7 +358,7 @@ def test_logits_and_loss_equal_peft_prompt_tuning_with_the_same_prompt(with_mask
         theirs.prompt_encoder["default"].embedding.weight.copy_(ours.prompt)
     batch = quotes_batch(quotes_tokenizer())
     if with_mask:
-        assert (batch["attention_mask"] == 0).any(), "the batch should contain padding"
+        assert (batch["attention_mask"] == 0).any(), msg("13.batch_has_padding")
         mask = batch["attention_mask"]
     else:
         mask = None
@@ -401,23 +366,18 @@ def test_logits_and_loss_equal_peft_prompt_tuning_with_the_same_prompt(with_mask
         got = ours(batch["input_ids"], attention_mask=mask, labels=batch["labels"])
         want = theirs(input_ids=batch["input_ids"], attention_mask=mask, labels=batch["labels"])
     rows, length = batch["input_ids"].shape
-    assert got.logits.shape == want.logits.shape == (rows, N + length, VOCAB), (
-        f"logits cover the prompt and the input: expected {(rows, N + length, VOCAB)}, found "
-        f"{tuple(got.logits.shape)}"
+    assert got.logits.shape == want.logits.shape == (rows, N + length, VOCAB), msg(
+        "13.logits_shape", want=(rows, N + length, VOCAB), got=tuple(got.logits.shape)
     )
     torch.testing.assert_close(
         got.logits,
         want.logits,
         atol=1e-5,
         rtol=1e-5,
-        msg=lambda m: (
-            "logits differ from peft's prompt tuning with the same prompt: prompt "
-            "prepended, mask extended with ones, model called on inputs_embeds?\n" + m
-        ),
+        msg=lambda m: msg("13.logits_as_peft") + "\n" + m,
     )
-    assert torch.allclose(got.loss, want.loss, atol=1e-6), (
-        f"loss {got.loss.item():.6f} differs from peft's {want.loss.item():.6f}: labels must be "
-        "-100 on the prompt and the input's labels after it"
+    assert torch.allclose(got.loss, want.loss, atol=1e-6), msg(
+        "13.loss_as_peft", got=got.loss.item(), want=want.loss.item()
     )
 
 
@@ -425,11 +385,10 @@ def test_logits_and_loss_equal_peft_prompt_tuning_with_the_same_prompt(with_mask
 def test_prompt_tuning_count_is_n_times_h(size):
     n, hidden = size
     got = prompt.prompt_tuning_parameter_count(n, hidden)
-    assert got == n * hidden, (
-        f"prompt_tuning_parameter_count({n}, {hidden}): one row of h values per virtual "
-        f"token is n·h = {n * hidden}, found {got}"
+    assert got == n * hidden, msg(
+        "13.prompt_tuning_count", n=n, hidden=hidden, want=n * hidden, got=got
     )
-    assert type(got) is int, f"return a Python int, found {type(got).__name__}"
+    assert type(got) is int, msg("13.count_is_an_int", found=type(got).__name__)
 
 
 @given(
@@ -441,16 +400,11 @@ def test_prefix_tuning_count_is_n_times_2_times_layers_times_h(size):
     n, layers, hidden = size
     got = prompt.prefix_tuning_parameter_count(n, layers, hidden)
     expected = n * 2 * layers * hidden
+    rule = msg("13.prefix_tuning_count", n=n, layers=layers, hidden=hidden, want=expected, got=got)
     assert got == expected, (
-        f"prefix_tuning_parameter_count({n}, {layers}, {hidden}) should be n·2·layers·h = "
-        f"{expected}, found {got}"
-        + (
-            ": missing the factor 2, a key AND a value per layer per virtual token"
-            if got * 2 == expected
-            else ""
-        )
+        msg("13.prefix_tuning_count_missing_2", rule=rule) if got * 2 == expected else rule
     )
-    assert type(got) is int, f"return a Python int, found {type(got).__name__}"
+    assert type(got) is int, msg("13.count_is_an_int", found=type(got).__name__)
 
 
 def test_counts_equal_peft_trainable_parameters_on_the_tiny_opt():
@@ -461,26 +415,29 @@ def test_counts_equal_peft_trainable_parameters_on_the_tiny_opt():
     peft_prompt = peft_trainable(
         tiny_opt(), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=N)
     )
-    assert ours == wrapped == peft_prompt == N * HIDDEN, (
-        f"{N} virtual tokens on the tiny OPT (h={HIDDEN}): peft trains {peft_prompt}; "
-        f"prompt_tuning_parameter_count gives {ours} and PromptTuning trains {wrapped}"
+    assert ours == wrapped == peft_prompt == N * HIDDEN, msg(
+        "13.tiny_prompt_counts", n=N, hidden=HIDDEN, peft=peft_prompt, ours=ours, wrapped=wrapped
     )
     ours = prompt.prefix_tuning_parameter_count(N, LAYERS, HIDDEN)
     config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=N)
-    assert not config.prefix_projection, "peft's default: no reparameterisation"
+    assert not config.prefix_projection, msg("13.peft_prefix_without_projection")
     prefix_model = peft_wrapped(tiny_opt(), config)
     peft_prefix = prefix_model.get_nb_trainable_parameters()[0]
+    rule = msg(
+        "13.tiny_prefix_count", n=N, layers=LAYERS, hidden=HIDDEN, peft=peft_prefix, ours=ours
+    )
     assert ours == peft_prefix, (
-        f"prefix tuning, {N} virtual tokens, {LAYERS} layers, h={HIDDEN}: peft trains "
-        f"{peft_prefix} (n·2·layers·h), found {ours}"
-        + (": missing the factor 2 (a key and a value)" if 2 * ours == peft_prefix else "")
+        msg("13.missing_factor_2", rule=rule) if 2 * ours == peft_prefix else rule
     )
     # What those values are: a key/value cache of N positions in every layer, in front of the
     # input's own keys and values.
     cache = prefix_model.get_prompt(batch_size=1)
-    assert cache.get_seq_length() == N and len(cache.layers) == LAYERS, (
-        f"peft's prefix should be a cache of {N} positions in each of {LAYERS} layers, found "
-        f"{cache.get_seq_length()} positions in {len(cache.layers)} layers"
+    assert cache.get_seq_length() == N and len(cache.layers) == LAYERS, msg(
+        "13.peft_prefix_cache",
+        n=N,
+        layers=LAYERS,
+        positions=cache.get_seq_length(),
+        found_layers=len(cache.layers),
     )
     # Li & Liang's reparameterisation (prefix_projection=True) trains an MLP on top instead:
     # an (n, h) embedding, Linear(h, e), Linear(e, 2·layers·h), with biases.
@@ -496,9 +453,8 @@ def test_counts_equal_peft_trainable_parameters_on_the_tiny_opt():
     )
     kv = 2 * LAYERS * HIDDEN
     expected = N * HIDDEN + (HIDDEN * e + e) + (e * kv + kv)
-    assert projected == expected > ours, (
-        f"peft's prefix_projection=True should train the (n, h) embedding and the MLP: "
-        f"{expected}, more than the {ours} stored directly; found {projected}"
+    assert projected == expected > ours, msg(
+        "13.peft_prefix_projection", want=expected, ours=ours, got=projected
     )
 
 
@@ -516,24 +472,26 @@ def test_opt_6_7b_20_virtual_tokens_train_81920_or_5242880_against_loras_8388608
     wrapped = peft_wrapped(opt_6_7b_on_meta(), PrefixTuningConfig(**config))
     peft_prefix, prefix_total = wrapped.get_nb_trainable_parameters()
     # peft's "all params" is the frozen model plus what it trains.
-    assert prompt_total == OPT_6_7B_PARAMETERS + peft_prompt, (
-        f"peft's all params with prompt tuning: expected {OPT_6_7B_PARAMETERS} + "
-        f"{peft_prompt}, found {prompt_total} (has peft's accounting changed?)"
+    assert prompt_total == OPT_6_7B_PARAMETERS + peft_prompt, msg(
+        "13.peft_all_params_prompt_tuning",
+        frozen=OPT_6_7B_PARAMETERS,
+        trained=peft_prompt,
+        total=prompt_total,
     )
-    assert prefix_total == OPT_6_7B_PARAMETERS + peft_prefix, (
-        f"peft's all params with prefix tuning: expected {OPT_6_7B_PARAMETERS} + "
-        f"{peft_prefix}, found {prefix_total} (has peft's accounting changed?)"
+    assert prefix_total == OPT_6_7B_PARAMETERS + peft_prefix, msg(
+        "13.peft_all_params_prefix_tuning",
+        frozen=OPT_6_7B_PARAMETERS,
+        trained=peft_prefix,
+        total=prefix_total,
     )
-    assert prompt_count == peft_prompt == 81_920, (
-        f"opt-6.7b, 20 virtual tokens of prompt tuning: peft trains {peft_prompt} = 20·4096, "
-        f"prompt_tuning_parameter_count gives {prompt_count}"
+    assert prompt_count == peft_prompt == 81_920, msg(
+        "13.opt_prompt_count", peft=peft_prompt, ours=prompt_count
     )
+    rule = msg("13.opt_prefix_count", peft=peft_prefix, ours=prefix_count)
     assert prefix_count == peft_prefix == 5_242_880, (
-        f"opt-6.7b, 20 virtual tokens of prefix tuning: peft trains {peft_prefix} = "
-        f"20·2·32·4096, prefix_tuning_parameter_count gives {prefix_count}"
-        + (": missing the factor 2 (a key and a value)" if 2 * prefix_count == peft_prefix else "")
+        msg("13.missing_factor_2", rule=rule) if 2 * prefix_count == peft_prefix else rule
     )
-    assert lora_count == 8_388_608, f"the tutorial's LoRA trains 8388608, found {lora_count}"
-    assert prompt_count < prefix_count < lora_count, (
-        f"expected prompt < prefix < LoRA, found {prompt_count}, {prefix_count}, {lora_count}"
+    assert lora_count == 8_388_608, msg("13.tutorial_lora_count", got=lora_count)
+    assert prompt_count < prefix_count < lora_count, msg(
+        "13.prompt_prefix_lora_order", prompt=prompt_count, prefix=prefix_count, lora=lora_count
     )
