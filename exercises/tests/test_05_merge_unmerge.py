@@ -16,6 +16,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from lora_kata.impl import implementation
+from lora_kata.messages import msg
 from lora_kata.testing import distinct_dims, seeded_linear, seeded_randn
 
 lora = implementation("lora")
@@ -55,12 +56,12 @@ def test_merge_adds_the_scaled_update_into_the_base_weight(dims, alpha):
     delta = expected_delta(layer)
     got = layer.base.weight.detach()
     unscaled = torch.allclose(got, w0 + delta / (alpha / r), atol=tolerance(w0, delta))
-    assert torch.allclose(got, w0 + delta, atol=tolerance(w0, delta)), (
-        "after merge() base.weight should be W0 + (alpha / r)·B @ A"
-        + (": merged without scaling (B @ A unscaled)" if unscaled else "")
-        + f"; max difference {(got - w0 - delta).abs().max().item():.3g}"
+    assert torch.allclose(got, w0 + delta, atol=tolerance(w0, delta)), msg(
+        "05.merge_adds_scaled_update",
+        why=msg("05.merged_without_scaling") if unscaled else "",
+        difference=(got - w0 - delta).abs().max().item(),
     )
-    assert layer.merged is True, "merge() should set self.merged = True"
+    assert layer.merged is True, msg("05.merge_sets_merged")
 
 
 def test_merge_updates_the_weight_in_place_without_autograd():
@@ -68,13 +69,8 @@ def test_merge_updates_the_weight_in_place_without_autograd():
     weight = layer.base.weight
     storage = weight.data_ptr()
     layer.merge()
-    assert layer.base.weight is weight and weight.data_ptr() == storage, (
-        "merge() should add ΔW into the existing base.weight in place (weight += ...), not "
-        "assign a new Parameter or tensor: optimizers, tied weights and hooks hold the old one"
-    )
-    assert not weight.requires_grad and weight.grad_fn is None, (
-        "the merged weight must stay a frozen leaf: merge under torch.no_grad()"
-    )
+    assert layer.base.weight is weight and weight.data_ptr() == storage, msg("05.merge_in_place")
+    assert not weight.requires_grad and weight.grad_fn is None, msg("05.merged_weight_frozen_leaf")
 
 
 @given(distinct_dims(), scalings, st.integers(1, 3))
@@ -87,13 +83,9 @@ def test_merged_forward_equals_unmerged_forward(dims, alpha, batch_dims):
         layer.merge()
         merged = layer(x)
         base_only = layer.base(x)
-    assert torch.equal(merged, base_only), (
-        "a merged layer's forward still adds the update (ΔW counted twice): once merged, "
-        "forward must return base(x) alone"
-    )
-    assert torch.allclose(merged, unmerged, atol=tolerance(unmerged)), (
-        "merged and unmerged outputs differ by "
-        f"{(merged - unmerged).abs().max().item():.3g}: merge should add exactly delta_weight()"
+    assert torch.equal(merged, base_only), msg("05.merged_forward_is_base_alone")
+    assert torch.allclose(merged, unmerged, atol=tolerance(unmerged)), msg(
+        "05.merged_equals_unmerged", difference=(merged - unmerged).abs().max().item()
     )
 
 
@@ -105,12 +97,10 @@ def test_a_second_merge_is_a_no_op():
     layer.merge()
     twice = layer.base.weight.detach()
     doubled = torch.allclose(twice, w0 + 2 * expected_delta(layer), atol=1e-4)
-    assert torch.equal(twice, once), (
-        "a second merge() must do nothing"
-        + (": double merge, the weight now holds W0 + 2·ΔW" if doubled else "")
-        + " (return early when self.merged is True)"
+    assert torch.equal(twice, once), msg(
+        "05.second_merge_no_op", why=msg("05.double_merge") if doubled else ""
     )
-    assert layer.merged is True, f"after merge() self.merged should be True, found {layer.merged!r}"
+    assert layer.merged is True, msg("05.merged_after_merge", merged=layer.merged)
 
 
 @given(distinct_dims(), scalings)
@@ -122,24 +112,18 @@ def test_unmerge_restores_the_base_weight(dims, alpha):
     layer.unmerge()
     got = layer.base.weight.detach()
     # (W0 + ΔW) − ΔW rounds once per add: equal to W0 within a few ulps of |W0| + |ΔW|.
-    assert torch.allclose(got, w0, atol=tolerance(w0, expected_delta(layer))), (
-        "merge() then unmerge() should give W0 back (W ← W − ΔW, the same ΔW as merge); max "
-        f"difference {(got - w0).abs().max().item():.3g}"
+    assert torch.allclose(got, w0, atol=tolerance(w0, expected_delta(layer))), msg(
+        "05.unmerge_restores_w0", difference=(got - w0).abs().max().item()
     )
-    assert layer.merged is False, "unmerge() should set self.merged = False"
+    assert layer.merged is False, msg("05.unmerge_sets_merged_false")
 
 
 def test_unmerge_when_not_merged_is_a_no_op():
     layer = randomised_layer(10, 7, 3, alpha=6)
     w0 = layer.base.weight.detach().clone()
     layer.unmerge()
-    assert torch.equal(layer.base.weight.detach(), w0), (
-        "unmerge when not merged must do nothing, but it changed the weight (W0 − ΔW): "
-        "return early when self.merged is False"
-    )
-    assert layer.merged is False, (
-        f"unmerge() on an unmerged layer should leave self.merged False, found {layer.merged!r}"
-    )
+    assert torch.equal(layer.base.weight.detach(), w0), msg("05.unmerge_when_not_merged")
+    assert layer.merged is False, msg("05.unmerge_keeps_merged_false", merged=layer.merged)
 
 
 def test_unmerged_layer_adds_the_update_again():
@@ -152,13 +136,13 @@ def test_unmerged_layer_adds_the_update_again():
         # base(x) with whatever weight unmerge left (test_unmerge_restores_the_base_weight
         # checks that weight), plus the update from your delta_weight.
         expected = layer.base(x) + x @ layer.delta_weight().T
-    assert torch.allclose(after, expected, atol=tolerance(expected)), (
-        "after merge() and unmerge() forward should add the update again: base(x) + x·ΔWᵀ"
-        + (
-            " (merged is left True, so forward skips the update)"
+    assert torch.allclose(after, expected, atol=tolerance(expected)), msg(
+        "05.unmerged_adds_update_again",
+        why=(
+            msg("05.merged_left_true")
             if layer.merged
-            else f"; max difference {(after - expected).abs().max().item():.3g}"
-        )
+            else msg("05.max_difference", difference=(after - expected).abs().max().item())
+        ),
     )
 
 
@@ -175,19 +159,20 @@ def test_merge_keeps_the_base_dtype_and_unmerge_restores_it_up_to_rounding(dtype
     fp32.unmerge()
     layer.merge()
     weight = layer.base.weight.detach()
-    assert weight.dtype == dtype, f"the merged weight should stay {dtype}, got {weight.dtype}"
+    assert weight.dtype == dtype, msg("05.merged_weight_dtype", dtype=dtype, got=weight.dtype)
     # rtol: two ulps of the half-precision format (each add rounds once to it).
-    assert torch.allclose(weight.float(), fp32_merged, rtol=rtol, atol=rtol), (
-        f"merge in {dtype} should add ΔW cast to the weight's dtype, and match the same merge "
-        f"in fp32 to {dtype} rounding; max difference "
-        f"{(weight.float() - fp32_merged).abs().max().item():.3g}"
+    assert torch.allclose(weight.float(), fp32_merged, rtol=rtol, atol=rtol), msg(
+        "05.merge_in_half_precision",
+        dtype=dtype,
+        difference=(weight.float() - fp32_merged).abs().max().item(),
     )
     layer.unmerge()
     restored = layer.base.weight.detach()
     expected = fp32.base.weight.detach()
-    assert torch.allclose(restored.float(), expected, rtol=rtol, atol=2 * rtol), (
-        f"unmerge in {dtype} should match the same unmerge in fp32 up to {dtype} rounding; "
-        f"max difference {(restored.float() - expected).abs().max().item():.3g}"
+    assert torch.allclose(restored.float(), expected, rtol=rtol, atol=2 * rtol), msg(
+        "05.unmerge_in_half_precision",
+        dtype=dtype,
+        difference=(restored.float() - expected).abs().max().item(),
     )
 
 
@@ -197,10 +182,7 @@ def int8_layer(k=12, d=7, r=3):
     base = bnb.nn.Linear8bitLt(k, d, has_fp16_weights=False, threshold=0.0)
     base.load_state_dict(seeded_linear(k, d).state_dict())
     base = base.to("cpu")  # quantizes: the weight becomes int8 with one scale per row
-    assert base.weight.dtype == torch.int8, (
-        f"moving a Linear8bitLt to the CPU should quantize it to int8, found {base.weight.dtype}: "
-        "a bitsandbytes setup problem, not your code"
-    )
+    assert base.weight.dtype == torch.int8, msg("05.int8_setup", dtype=base.weight.dtype)
     layer = lora.LoRALinear(base, r=r, alpha=2 * r)
     with torch.no_grad():
         layer.lora_B.copy_(seeded_randn(d, r, seed=3))
@@ -215,19 +197,17 @@ def test_merging_into_an_8bit_base_is_refused_with_a_type_error():
         layer.merge()
     except TypeError as error:
         text = str(error).lower()
-        assert "8-bit" in text or "int8" in text or "8bit" in text, (
-            f"the TypeError should say the base is 8-bit (int8); it said: {error}"
+        assert "8-bit" in text or "int8" in text or "8bit" in text, msg(
+            "05.int8_error_says_8bit", error=error
         )
     else:
-        pytest.fail("merge() into an 8-bit (Linear8bitLt) base should raise TypeError")
-    assert torch.equal(layer.base.weight.detach(), int8), "a refused merge must not touch W"
-    assert layer.merged is False, "a refused merge must leave merged False"
+        pytest.fail(msg("05.merge_into_int8_refused"))
+    assert torch.equal(layer.base.weight.detach(), int8), msg("05.refused_merge_keeps_w")
+    assert layer.merged is False, msg("05.refused_merge_keeps_merged_false")
     with torch.no_grad():
         out = layer(x)
         expected = layer.base(x) + x @ expected_delta(layer).T
-    assert torch.allclose(out, expected, atol=1e-4), (
-        "after a refused merge the layer should still add its update"
-    )
+    assert torch.allclose(out, expected, atol=1e-4), msg("05.refused_merge_still_adds_update")
 
 
 # ---- the whole model ----------------------------------------------------------------------
@@ -261,21 +241,20 @@ def test_merge_lora_merges_every_layer_and_keeps_the_logits():
         expected_logits = reference(x).logits
         returned = inject.merge_lora(model)
         after = model(x).logits
-    assert returned is model, "merge_lora should return the model it was given"
+    assert returned is model, msg("05.returns_the_model", function="merge_lora")
     layers = lora_layers(model)
-    assert all(layer.merged for layer in layers), (
-        f"merge_lora should merge every LoRALinear: {sum(not layer.merged for layer in layers)} of "
-        f"{len(layers)} are still unmerged"
+    assert all(layer.merged for layer in layers), msg(
+        "05.merge_lora_merges_every_layer",
+        unmerged=sum(not layer.merged for layer in layers),
+        total=len(layers),
     )
     for layer, merged in zip(layers, lora_layers(reference), strict=True):
         got, expected = layer.base.weight.detach(), merged.base.weight.detach()
-        assert torch.allclose(got, expected, atol=1e-6), (
-            "merge_lora should leave each base weight as layer.merge() does (W0 + ΔW, once); "
-            f"max difference {(got - expected).abs().max().item():.3g}"
+        assert torch.allclose(got, expected, atol=1e-6), msg(
+            "05.merge_lora_weight_as_merge", difference=(got - expected).abs().max().item()
         )
-    assert torch.allclose(after, expected_logits, atol=tolerance(expected_logits)), (
-        f"the logits after merge_lora differ from those of the same model merged layer by layer "
-        f"by {(after - expected_logits).abs().max().item():.3g}"
+    assert torch.allclose(after, expected_logits, atol=tolerance(expected_logits)), msg(
+        "05.merge_lora_logits", difference=(after - expected_logits).abs().max().item()
     )
 
 
@@ -288,18 +267,14 @@ def test_unmerge_lora_restores_every_base_weight():
         layer.unmerge()
     inject.merge_lora(model)
     returned = inject.unmerge_lora(model)
-    assert returned is model, "unmerge_lora should return the model it was given"
+    assert returned is model, msg("05.returns_the_model", function="unmerge_lora")
     layers = lora_layers(model)
     still = sum(layer.merged for layer in layers)
-    assert not still, (
-        f"unmerge_lora should unmerge every LoRALinear: {still} of {len(layers)} are still merged"
-    )
+    assert not still, msg("05.unmerge_lora_unmerges_every_layer", merged=still, total=len(layers))
     for layer, unmerged in zip(layers, lora_layers(reference), strict=True):
         got, expected = layer.base.weight.detach(), unmerged.base.weight.detach()
-        assert torch.allclose(got, expected, atol=1e-6), (
-            "after merge_lora and unmerge_lora each base weight should be what layer.merge() "
-            "then layer.unmerge() leave (W0 again); max difference "
-            f"{(got - expected).abs().max().item():.3g}"
+        assert torch.allclose(got, expected, atol=1e-6), msg(
+            "05.unmerge_lora_weight_as_unmerge", difference=(got - expected).abs().max().item()
         )
 
 
@@ -315,9 +290,11 @@ def test_merge_lora_on_a_model_without_lora_raises_or_changes_nothing():
             returned = function(model)
         except ValueError:
             continue
-        assert returned is model, f"{function.__name__} should return the model it was given"
+        assert returned is model, msg("05.returns_the_model", function=function.__name__)
         changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
-        assert not changed, f"{function.__name__} changed {changed[:3]} of a model without LoRA"
+        assert not changed, msg(
+            "05.changed_model_without_lora", function=function.__name__, changed=changed[:3]
+        )
 
 
 def test_merge_lora_on_a_model_loaded_in_8bit_is_refused(tmp_path):
@@ -331,12 +308,9 @@ def test_merge_lora_on_a_model_loaded_in_8bit_is_refused(tmp_path):
     except TypeError:
         pass
     else:
-        pytest.fail(
-            "merge_lora on a model loaded in 8-bit should raise TypeError (layer.merge() refuses "
-            "an 8-bit base), but it returned"
-        )
-    assert not any(layer.merged for layer in lora_layers(model)), (
-        "a refused merge must leave every layer unmerged"
+        pytest.fail(msg("05.merge_lora_int8_refused"))
+    assert not any(layer.merged for layer in lora_layers(model)), msg(
+        "05.refused_merge_lora_leaves_unmerged"
     )
 
 
@@ -354,7 +328,8 @@ def test_merged_weights_equal_peft_merge_and_unload():
     for name, module in ours.named_modules():
         if isinstance(module, lora.LoRALinear):
             expected = plain.get_submodule(name).weight
-            assert torch.allclose(module.base.weight, expected, atol=1e-6), (
-                f"{name}: the merged weight differs from peft's merge_and_unload by "
-                f"{(module.base.weight - expected).abs().max().item():.3g}"
+            assert torch.allclose(module.base.weight, expected, atol=1e-6), msg(
+                "05.merged_equals_peft",
+                name=name,
+                difference=(module.base.weight - expected).abs().max().item(),
             )

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lora_kata.impl import implementation
+from lora_kata.messages import msg
 from lora_kata.testing_int8 import (
     int8_parameter_names,
     linear8bit_module_names,
@@ -49,10 +50,7 @@ def peft_prepared(checkpoint):
 
 def prepare(model, **kwargs):
     prepared = int8.prepare_for_int8_training(model, **kwargs)
-    assert prepared is model, (
-        f"prepare_for_int8_training should return the model it prepared (in place), got "
-        f"{type(prepared).__name__}: did you forget to return the model?"
-    )
+    assert prepared is model, msg("07.prepare_returns_model", got=type(prepared).__name__)
     return prepared
 
 
@@ -80,20 +78,20 @@ def test_load_in_8bit_quantizes_every_decoder_linear_to_int8(checkpoint):
     loaded = int8.load_in_8bit(str(checkpoint))
     reference = load_tiny_opt_in_8bit(checkpoint)
     expected = linear8bit_module_names(reference)
-    assert linear8bit_module_names(loaded) == expected, (
-        f"every decoder Linear should be a bitsandbytes Linear8bitLt ({len(expected)} of them), "
-        f"found {len(linear8bit_module_names(loaded))}: pass "
-        "quantization_config=BitsAndBytesConfig(load_in_8bit=True) to from_pretrained"
+    assert linear8bit_module_names(loaded) == expected, msg(
+        "07.every_linear_is_8bit",
+        expected=len(expected),
+        found=len(linear8bit_module_names(loaded)),
     )
-    assert getattr(loaded, "is_loaded_in_8bit", False), "the model should say is_loaded_in_8bit"
+    assert getattr(loaded, "is_loaded_in_8bit", False), msg("07.says_loaded_in_8bit")
     reference_weights = dict(reference.named_parameters())
     for name in int8_parameter_names(reference):
         weight = dict(loaded.named_parameters())[name]
-        assert weight.dtype == torch.int8 and torch.equal(weight, reference_weights[name]), (
-            f"{name} should be the same int8 weight as an 8-bit load of the checkpoint gives"
+        assert weight.dtype == torch.int8 and torch.equal(weight, reference_weights[name]), msg(
+            "07.same_int8_weight", name=name
         )
-    assert isinstance(loaded.get_output_embeddings(), torch.nn.Linear), (
-        "lm_head is tied to the embeddings and is never quantized"
+    assert isinstance(loaded.get_output_embeddings(), torch.nn.Linear), msg(
+        "07.lm_head_not_quantized"
     )
 
 
@@ -102,16 +100,14 @@ def test_load_in_8bit_passes_device_map_to_from_pretrained(checkpoint, monkeypat
 
     calls = record_from_pretrained(monkeypatch)
     int8.load_in_8bit(str(checkpoint), device_map={"": "cpu"})
-    assert calls, "load_in_8bit should call from_pretrained (AutoModelForCausalLM's)"
+    assert calls, msg("07.calls_from_pretrained")
     kwargs = calls[-1]
-    assert kwargs.get("device_map") == {"": "cpu"}, (
-        f"device_map={{'': 'cpu'}} should reach from_pretrained, it got device_map="
-        f"{kwargs.get('device_map')!r}: pass device_map=device_map on"
+    assert kwargs.get("device_map") == {"": "cpu"}, msg(
+        "07.device_map_reaches", got=kwargs.get("device_map")
     )
     config = kwargs.get("quantization_config")
-    assert isinstance(config, BitsAndBytesConfig) and config.load_in_8bit, (
-        f"from_pretrained should get quantization_config=BitsAndBytesConfig(load_in_8bit=True), "
-        f"got {config!r}"
+    assert isinstance(config, BitsAndBytesConfig) and config.load_in_8bit, msg(
+        "07.quantization_config_passed", config=config
     )
 
 
@@ -125,9 +121,8 @@ def test_prepare_returns_the_model_itself(model):
 def test_prepare_freezes_every_parameter(model):
     prepare(model)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-    assert not trainable, (
-        f"{len(trainable)} parameters still require grad (e.g. {trainable[:3]}): freeze every "
-        "parameter (requires_grad False); only LoRA, added afterwards, trains"
+    assert not trainable, msg(
+        "07.freeze_every_parameter", count=len(trainable), examples=trainable[:3]
     )
 
 
@@ -145,14 +140,19 @@ def test_16bit_parameters_that_are_not_int8_become_fp32(checkpoint, dtype):
     if left:
         name, kind = left[0]
         if len(left) == len(shapes) - len(quantized):
-            why = "no fp32 cast at all? cast every float16 and bfloat16 parameter to float32"
+            why = msg("07.no_fp32_cast")
         elif all(shapes[n] >= 2 for n, _ in left):
-            why = "casting only ndim == 1 parameters misses the embeddings"
+            why = msg("07.only_1d_cast")
         else:
-            why = "cast every float16 and bfloat16 parameter to float32"
+            why = msg("07.cast_16bit_to_fp32")
         pytest.fail(
-            f"{name} is still {str(kind).removeprefix('torch.')} after prepare ({len(left)} such "
-            f"parameters): {why}; int8 weights aside, every parameter must be float32"
+            msg(
+                "07.still_16bit",
+                name=name,
+                dtype=str(kind).removeprefix("torch."),
+                count=len(left),
+                why=why,
+            )
         )
 
 
@@ -162,11 +162,10 @@ def test_int8_weights_stay_int8_and_unchanged(model):
     prepare(model)
     after = dict(model.named_parameters())
     for name in quantized:
-        assert after[name].dtype == torch.int8, (
-            f"int8 weights cast to {after[name].dtype}: {name} must stay int8 — cast only "
-            "float16/bfloat16 parameters (a test like `dtype != float32` catches int8 too)"
+        assert after[name].dtype == torch.int8, msg(
+            "07.int8_weights_cast", dtype=after[name].dtype, name=name
         )
-        assert torch.equal(after[name], before[name]), f"{name}'s int8 values must not change"
+        assert torch.equal(after[name], before[name]), msg("07.int8_values_unchanged", name=name)
 
 
 def test_dtypes_and_frozen_parameters_match_peft_prepare_model_for_kbit_training(
@@ -175,38 +174,26 @@ def test_dtypes_and_frozen_parameters_match_peft_prepare_model_for_kbit_training
     prepare(model)
     ours = {name: (p.dtype, p.requires_grad) for name, p in model.named_parameters()}
     theirs = {name: (p.dtype, p.requires_grad) for name, p in peft_prepared.named_parameters()}
-    assert ours.keys() == theirs.keys(), (
-        f"parameter names changed: {sorted(ours.keys() ^ theirs.keys())[:4]}"
+    assert ours.keys() == theirs.keys(), msg(
+        "07.parameter_names_changed", names=sorted(ours.keys() ^ theirs.keys())[:4]
     )
     differ = {name: (ours[name], theirs[name]) for name in ours if ours[name] != theirs[name]}
-    assert not differ, (
-        f"{len(differ)} parameters differ from peft's prepare_model_for_kbit_training as "
-        f"(dtype, requires_grad), ours vs peft's: {dict(list(differ.items())[:3])}"
+    assert not differ, msg(
+        "07.differ_from_peft", count=len(differ), examples=dict(list(differ.items())[:3])
     )
 
 
 def test_input_embeddings_output_requires_grad_even_without_checkpointing(model):
     prepare(model, use_gradient_checkpointing=False)
     output = embedding_output(model)
-    assert output.requires_grad, (
-        "the input embeddings' output should require grad after prepare (also with "
-        "use_gradient_checkpointing=False): register a forward hook on "
-        "model.get_input_embeddings() that calls output.requires_grad_(True), or call "
-        "model.enable_input_require_grads()"
-    )
+    assert output.requires_grad, msg("07.embeddings_output_requires_grad")
 
 
 def test_gradient_checkpointing_is_on_when_asked_and_off_when_not(checkpoint):
     asked = prepare(load_tiny_opt_in_8bit(checkpoint), use_gradient_checkpointing=True)
-    assert checkpointed_layers(asked), (
-        "use_gradient_checkpointing=True should turn gradient checkpointing on: "
-        "model.activation_checkpointing_enable(activation_checkpointing_kwargs="
-        "{'use_reentrant': False})"
-    )
+    assert checkpointed_layers(asked), msg("07.checkpointing_on_when_asked")
     not_asked = prepare(load_tiny_opt_in_8bit(checkpoint), use_gradient_checkpointing=False)
-    assert not checkpointed_layers(not_asked), (
-        "use_gradient_checkpointing=False should leave checkpointing off: the flag is ignored"
-    )
+    assert not checkpointed_layers(not_asked), msg("07.checkpointing_off_when_not")
 
 
 def test_checkpointing_is_turned_on_without_the_deprecated_alias(model):
@@ -221,13 +208,8 @@ def test_checkpointing_is_turned_on_without_the_deprecated_alias(model):
         if issubclass(w.category, DeprecationWarning | FutureWarning)
         and "checkpointing" in str(w.message)
     ]
-    assert not deprecated, (
-        f"prepare warned: {deprecated[0][:120]!r}. gradient_checkpointing_enable is a "
-        "deprecated alias in transformers 5.24 (removed in v6): call "
-        "model.activation_checkpointing_enable(activation_checkpointing_kwargs="
-        "{'use_reentrant': False}) where it exists"
-    )
-    assert checkpointed_layers(model), "checkpointing should still be on after prepare"
+    assert not deprecated, msg("07.deprecated_alias", warning=deprecated[0][:120])
+    assert checkpointed_layers(model), msg("07.checkpointing_still_on")
 
 
 def add_adapter(model):
@@ -241,12 +223,11 @@ def add_adapter(model):
 def test_checkpointing_is_non_reentrant(model):
     prepare(model)
     layers = checkpointed_layers(model)
-    assert layers, "gradient checkpointing should be on by default (use_gradient_checkpointing)"
+    assert layers, msg("07.checkpointing_on_by_default")
     function = getattr(layers[0], "_gradient_checkpointing_func", None)
     keywords = getattr(function, "keywords", {})
-    assert keywords.get("use_reentrant", False) is False, (
-        f"checkpointing is reentrant (use_reentrant={keywords.get('use_reentrant')}): pass "
-        "activation_checkpointing_kwargs={'use_reentrant': False}"
+    assert keywords.get("use_reentrant", False) is False, msg(
+        "07.reentrant", use_reentrant=keywords.get("use_reentrant")
     )
     model.train()
     delta = add_adapter(model)
@@ -254,11 +235,8 @@ def test_checkpointing_is_non_reentrant(model):
     try:
         (grad,) = torch.autograd.grad(loss, [delta])
     except RuntimeError as error:
-        pytest.fail(
-            f"torch.autograd.grad through the checkpointed blocks failed, as it does with "
-            f"reentrant checkpointing: use_reentrant must be False ({str(error)[:80]})"
-        )
-    assert grad.abs().sum() > 0, "the adapter inside a checkpointed block should get a gradient"
+        pytest.fail(msg("07.grad_through_checkpoint_failed", error=str(error)[:80]))
+    assert grad.abs().sum() > 0, msg("07.adapter_gets_gradient")
 
 
 def test_logits_are_fp32_even_under_autocast(model):
@@ -268,15 +246,11 @@ def test_logits_are_fp32_even_under_autocast(model):
     # cast, lm_head runs in 16 bits there and so do the logits (as after peft's prepare).
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(input_ids=TOKENS, attention_mask=MASK).logits
-    assert logits.dtype == torch.float32, (
-        f"lm_head output left in {str(logits.dtype).removeprefix('torch.')} under autocast: "
-        "cast lm_head's output to float32 (the PEFT example's CastOutputToFloat, e.g. a forward "
-        "hook returning output.float()) — its output, not its input"
+    assert logits.dtype == torch.float32, msg(
+        "07.lm_head_output_fp32", dtype=str(logits.dtype).removeprefix("torch.")
     )
-    assert head.weight is model.get_input_embeddings().weight, (
-        "lm_head.weight should still be the (tied) embedding weight: do not replace it"
-    )
-    assert head.weight.dtype == torch.float32, "lm_head.weight should be fp32 (like the rest)"
+    assert head.weight is model.get_input_embeddings().weight, msg("07.lm_head_still_tied")
+    assert head.weight.dtype == torch.float32, msg("07.lm_head_weight_fp32")
 
 
 def test_prepared_model_computes_the_same_logits_as_peft_prepared_one(model, peft_prepared):
@@ -287,14 +261,9 @@ def test_prepared_model_computes_the_same_logits_as_peft_prepared_one(model, pef
         ours = model(input_ids=TOKENS, attention_mask=MASK).logits
         theirs = peft_prepared(input_ids=TOKENS, attention_mask=MASK).logits
     # The same fp32 and int8 operations in the same order: equal up to float rounding.
-    assert ours.dtype == torch.float32, (
-        f"the prepared model's logits should be fp32 (lm_head output cast to fp32), got "
-        f"{ours.dtype}"
-    )
-    assert torch.allclose(ours, theirs.float(), atol=1e-5, rtol=1e-5), (
-        f"logits differ from the peft-prepared model's by up to "
-        f"{(ours - theirs.float()).abs().max().item():.3g}: prepare must not change what the "
-        "model computes, only its dtypes and training machinery"
+    assert ours.dtype == torch.float32, msg("07.logits_fp32", dtype=ours.dtype)
+    assert torch.allclose(ours, theirs.float(), atol=1e-5, rtol=1e-5), msg(
+        "07.logits_match_peft", difference=(ours - theirs.float()).abs().max().item()
     )
 
 
@@ -307,12 +276,9 @@ def test_only_an_adapter_gets_gradients_through_the_prepared_model(model):
     model.train()
     delta = add_adapter(model)
     model(input_ids=TOKENS, attention_mask=MASK, labels=TOKENS).loss.backward()
-    assert delta.grad is not None and delta.grad.abs().sum() > 0, (
-        "an adapter inside a checkpointed block got no gradient: is the input embeddings' "
-        "output not requiring grad, with reentrant checkpointing?"
-    )
+    assert delta.grad is not None and delta.grad.abs().sum() > 0, msg("07.adapter_got_no_gradient")
     with_grad = [name for name, p in model.named_parameters() if p.grad is not None]
-    assert not with_grad, f"frozen parameters got gradients: {with_grad[:3]}"
+    assert not with_grad, msg("07.frozen_got_gradients", names=with_grad[:3])
     for name, p in model.named_parameters():
         if name in quantized:
-            assert torch.equal(p, quantized[name]), f"{name} (int8) changed during backward"
+            assert torch.equal(p, quantized[name]), msg("07.int8_changed_in_backward", name=name)
