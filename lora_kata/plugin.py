@@ -249,6 +249,14 @@ def _first_line(text: str) -> str:
     return ""
 
 
+def _first_leaf(error: BaseException) -> BaseException:
+    """Hypothesis raises an ExceptionGroup when it found several distinct failures: its own
+    text ("Hypothesis found 2 distinct failures") says nothing; the first failure does."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
 def _classify(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestReport) -> dict:
     exercise_id = _exercise_of(item)
     info: dict = {}
@@ -263,9 +271,11 @@ def _classify(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestRepor
     excinfo = call.excinfo
     if excinfo is None:
         return info
-    error = excinfo.value
+    error = _first_leaf(excinfo.value)
     info["error_type"] = type(error).__name__
     info["message"] = _first_line(str(error)) or type(error).__name__
+    if error is not excinfo.value:
+        excinfo = pytest.ExceptionInfo.from_exception(error)
     info["where"] = _crash_location(excinfo, Path(str(item.path)))
     notes = getattr(error, "__notes__", None) or []
     examples = [n for n in notes if "Falsifying example" in n or "example" in n.lower()]
