@@ -21,6 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lora_kata.impl import implementation
+from lora_kata.messages import msg
+from lora_kata.raising import must_raise
 from lora_kata.testing_4bit import (
     bnb_nf4_flat,
     four_bit_snapshot,
@@ -47,7 +49,7 @@ def bnb_table():
 
 def levels():
     code = qlora.nf4_code()
-    assert isinstance(code, torch.Tensor), f"nf4_code() should return a tensor, got {code!r}"
+    assert isinstance(code, torch.Tensor), msg("12.nf4_code_is_a_tensor", code=code)
     return code.detach().to(torch.float32).flatten()
 
 
@@ -56,15 +58,9 @@ def describe_levels(code: torch.Tensor) -> str | None:
     if code.numel() == 16:
         gaps = code.diff()
         if torch.allclose(gaps, gaps.mean().expand_as(gaps), rtol=1e-3, atol=1e-6):
-            return (
-                "levels from a uniform grid (evenly spaced): NF4's levels are normal quantiles, "
-                "close together near 0 where most weights are and far apart in the tails"
-            )
+            return msg("12.levels_from_a_uniform_grid")
         if not (code == 0).any():
-            return (
-                "no exact zero among the levels: NF4 takes 8 positive and 7 negative quantiles "
-                "plus 0, so that 0 (padding, a zeroed weight) is stored exactly"
-            )
+            return msg("12.levels_without_an_exact_zero")
     return None
 
 
@@ -78,10 +74,8 @@ def weights(seed: int, shape, scale: float = 1.0, outlier: float = 0.0):
 
 def quantize(weight, blocksize=64):
     codes, absmax = qlora.quantize_nf4(weight, blocksize)
-    assert codes.dtype == torch.uint8, (
-        f"codes should be torch.uint8 (4-bit indices 0..15, one per byte here), got {codes.dtype}"
-    )
-    assert absmax.dtype == torch.float32, f"absmax should be float32, got {absmax.dtype}"
+    assert codes.dtype == torch.uint8, msg("12.codes_are_uint8", got=codes.dtype)
+    assert absmax.dtype == torch.float32, msg("12.absmax_is_float32", got=absmax.dtype)
     return codes.flatten(), absmax.flatten()
 
 
@@ -113,33 +107,32 @@ scales = st.floats(1e-3, 10.0)
 
 def test_nf4_code_has_16_ascending_levels_from_minus_one_to_one_with_an_exact_zero():
     code = levels()
-    assert code.numel() == 16, (
-        f"nf4_code() should hold 16 levels (4 bits), found {code.numel()}: 8 positive, 7 "
-        "negative and 0"
-    )
-    assert bool((code.diff() > 0).all()), f"the levels should be strictly ascending: {code}"
+    assert code.numel() == 16, msg("12.sixteen_levels", found=code.numel())
+    assert bool((code.diff() > 0).all()), msg("12.levels_ascending", code=code)
     lowest, highest = code[0].item(), code[-1].item()
-    assert abs(lowest + 1) <= TABLE_TOL and abs(highest - 1) <= TABLE_TOL, (
-        f"the levels should run from -1 to 1, found {lowest:.7f} .. {highest:.7f}: divide "
-        "every quantile by the largest"
+    assert abs(lowest + 1) <= TABLE_TOL and abs(highest - 1) <= TABLE_TOL, msg(
+        "12.levels_from_minus_one_to_one", lowest=lowest, highest=highest
     )
     mistake = describe_levels(code)
     assert mistake is None, mistake
     negative, positive = int((code < 0).sum()), int((code > 0).sum())
-    assert (negative, positive) == (7, 8), (
-        f"NF4 has 7 negative and 8 positive levels, found {negative} and {positive}"
+    assert (negative, positive) == (7, 8), msg(
+        "12.seven_negative_eight_positive", negative=negative, positive=positive
     )
 
 
 def test_nf4_levels_are_normal_quantiles_equal_to_the_bitsandbytes_table():
     code = levels()
     table = bnb_table()
-    assert code.numel() == 16, f"nf4_code() should hold 16 levels, found {code.numel()}"
+    assert code.numel() == 16, msg("12.sixteen_levels_in_the_table", found=code.numel())
     difference = (code - table).abs().max().item()
-    assert difference <= TABLE_TOL, (
-        f"the levels differ from bitsandbytes' NF4 table by up to {difference:.3g} (allowed "
-        f"{TABLE_TOL:g}): {describe_levels(code) or 'check the probabilities'}. Expected "
-        f"{[round(v, 4) for v in table.tolist()]}, found {[round(v, 4) for v in code.tolist()]}"
+    assert difference <= TABLE_TOL, msg(
+        "12.levels_equal_the_bitsandbytes_table",
+        difference=difference,
+        allowed=TABLE_TOL,
+        why=describe_levels(code) or msg("12.check_the_probabilities"),
+        expected=[round(v, 4) for v in table.tolist()],
+        found=[round(v, 4) for v in code.tolist()],
     )
 
 
@@ -151,33 +144,26 @@ def test_quantize_gives_one_code_per_element_and_the_absmax_of_each_block_of_64(
     weight = weights(seed, shape, scale, outlier=8 * scale)
     codes, absmax = quantize(weight)
     n = weight.numel()
-    assert codes.numel() == n, (
-        f"one code per element of weight.flatten(): expected {n}, found {codes.numel()}"
-    )
-    assert int(codes.max()) <= 15, f"codes are indices into the 16 levels, found {int(codes.max())}"
+    assert codes.numel() == n, msg("12.one_code_per_element", expected=n, found=codes.numel())
+    assert int(codes.max()) <= 15, msg("12.codes_index_the_levels", found=int(codes.max()))
     expected = block_absmax(weight)
     if absmax.numel() == 1 and expected.numel() > 1:
-        pytest.fail(
-            f"one absmax for the whole tensor: absmax per tensor instead of per block — expected "
-            f"{expected.numel()} (one per 64 consecutive elements of weight.flatten())"
-        )
-    assert absmax.numel() == math.ceil(n / 64), (
-        f"{n} elements make {math.ceil(n / 64)} blocks of 64 (the last one shorter), so as many "
-        f"absmax values; found {absmax.numel()}"
-        + (
-            ": one per row? Blocks run over the flattened weight"
-            if absmax.numel() == shape[0]
-            else ""
-        )
+        pytest.fail(msg("12.one_absmax_for_the_whole_tensor", expected=expected.numel()))
+    assert absmax.numel() == math.ceil(n / 64), msg(
+        "12.one_absmax_per_block",
+        n=n,
+        blocks=math.ceil(n / 64),
+        found=absmax.numel(),
+        why=msg("12.one_absmax_per_row") if absmax.numel() == shape[0] else "",
     )
-    assert torch.equal(absmax, expected), (
-        f"absmax should be max |w| of each block, found up to "
-        f"{(absmax - expected).abs().max().item():.3g} off"
-        + (
-            ": absmax per tensor instead of per block"
+    assert torch.equal(absmax, expected), msg(
+        "12.absmax_is_the_block_max",
+        off=(absmax - expected).abs().max().item(),
+        why=(
+            msg("12.absmax_per_tensor")
             if torch.equal(absmax, expected.max().expand_as(absmax))
             else ""
-        )
+        ),
     )
 
 
@@ -197,12 +183,13 @@ def test_each_weight_gets_the_nearest_level_after_dividing_by_its_block_absmax(s
         i = int(wrong.nonzero()[0])
         below = bool((chosen[wrong] <= scaled[wrong]).all())
         pytest.fail(
-            f"weight {flat[i].item():.5g} (÷ block absmax = {scaled[i].item():.5f}) got level "
-            f"{chosen[i].item():.5f}, but the nearest is {best[i].item():.5f} away"
-            + (
-                ": rounding down instead of to the nearest level"
-                if below
-                else ": pick the level with the smallest |w / absmax - level|"
+            msg(
+                "12.nearest_level",
+                weight=flat[i].item(),
+                scaled=scaled[i].item(),
+                chosen=chosen[i].item(),
+                best=best[i].item(),
+                why=msg("12.rounding_down") if below else msg("12.pick_the_nearest_level"),
             )
         )
 
@@ -212,19 +199,23 @@ def test_dequantized_weights_equal_bitsandbytes_on_the_flattened_weight(shape, s
     weight = weights(seed, shape, scale, outlier=6 * scale)
     codes, absmax = quantize(weight)
     ours = qlora.dequantize_nf4(codes, absmax, weight.shape)
-    assert ours.shape == weight.shape and ours.dtype == torch.float32, (
-        f"dequantize_nf4 should return float32 of shape {tuple(weight.shape)}, found "
-        f"{ours.dtype} {tuple(ours.shape)}"
+    assert ours.shape == weight.shape and ours.dtype == torch.float32, msg(
+        "12.dequantized_shape_and_dtype",
+        shape=tuple(weight.shape),
+        dtype=ours.dtype,
+        got=tuple(ours.shape),
     )
     _, bnb_absmax, theirs = bnb_nf4_flat(weight)
     tolerance = TABLE_TOL * bnb_absmax.repeat_interleave(64)[: weight.numel()]
     off = (ours.flatten() - theirs).abs() > tolerance
     # Near a midpoint the ~2e-7 between the tables may tip the rounding either way.
     off &= ~near_ties(weight, bnb_absmax)
-    assert not bool(off.any()), (
-        f"{int(off.sum())} of {weight.numel()} dequantized weights differ from bitsandbytes' "
-        f"NF4 by more than 1e-6 × the block absmax (e.g. {ours.flatten()[off][0].item():.6g} "
-        f"vs {theirs[off][0].item():.6g}): level[code] × the absmax of the code's own block"
+    assert not bool(off.any()), msg(
+        "12.dequantized_equal_bitsandbytes",
+        off=int(off.sum()),
+        n=weight.numel(),
+        ours=ours.flatten()[off][0].item(),
+        theirs=theirs[off][0].item(),
     )
 
 
@@ -232,13 +223,10 @@ def test_a_block_of_zeros_comes_back_as_zeros():
     weight = torch.cat([torch.zeros(64), torch.linspace(-2, 3, 100)])
     codes, absmax = quantize(weight)
     back = qlora.dequantize_nf4(codes, absmax, weight.shape)
-    assert torch.isfinite(back).all(), (
-        "a block of zeros has absmax 0: dividing by it gives NaN. Divide by 1 instead (or skip "
-        "it): its codes must be the level 0"
-    )
-    assert absmax[0].item() == 0.0, f"a block of zeros has absmax 0, found {absmax[0].item()}"
-    assert torch.equal(back[:64], torch.zeros(64)), (
-        f"zeros should come back as exact zeros, found {back[:64].unique().tolist()}"
+    assert torch.isfinite(back).all(), msg("12.zero_block_gives_no_nan")
+    assert absmax[0].item() == 0.0, msg("12.zero_block_absmax", found=absmax[0].item())
+    assert torch.equal(back[:64], torch.zeros(64)), msg(
+        "12.zeros_come_back_exact", found=back[:64].unique().tolist()
     )
 
 
@@ -252,19 +240,17 @@ def test_bitsandbytes_2d_dequantize_is_wrong_when_rows_are_not_whole_blocks():
     packed, state = F.quantize_4bit(weight, blocksize=64, quant_type="nf4")
     two_d = F.dequantize_4bit(packed, state, quant_type="nf4")
     _, bnb_absmax, flat = bnb_nf4_flat(weight)
-    assert torch.equal(state.absmax, bnb_absmax), "bitsandbytes' 2-D absmax is the flat one"
+    assert torch.equal(state.absmax, bnb_absmax), msg("12.bitsandbytes_2d_absmax_is_flat")
     ours_error = (ours - weight).abs().mean().item()
     two_d_error = (two_d - weight).abs().mean().item()
     flat_error = (flat.view_as(weight) - weight).abs().mean().item()
-    assert ours_error == pytest.approx(flat_error, rel=1e-3), (
-        f"our round trip's mean error {ours_error:.4f} should equal bitsandbytes' on the "
-        f"flattened weight ({flat_error:.4f})"
+    assert ours_error == pytest.approx(flat_error, rel=1e-3), msg(
+        "12.round_trip_error_equals_flat", ours=ours_error, flat=flat_error
     )
     # Measured with bitsandbytes 0.50.2: about 2.5 times the flat error. If this fails, the
     # library fixed its 2-D path and lesson 12's warning can go.
-    assert two_d_error > 1.5 * flat_error, (
-        f"bitsandbytes' 2-D dequantize error {two_d_error:.4f} vs flat {flat_error:.4f}: the "
-        "2-D quirk lesson 12 describes is gone; update the lesson"
+    assert two_d_error > 1.5 * flat_error, msg(
+        "12.bitsandbytes_2d_quirk_gone", two_d=two_d_error, flat=flat_error
     )
 
 
@@ -273,24 +259,26 @@ def test_bitsandbytes_2d_dequantize_is_wrong_when_rows_are_not_whole_blocks():
 
 def test_bits_per_parameter_is_4_5_for_blocks_of_64_and_about_4_127_with_double_quantization():
     cases = [
-        ((64,), {}, 4.5, "4 bits of code + a 32-bit absmax per 64 weights: 4 + 32/64"),
-        ((), {}, 4.5, "the default blocksize is 64"),
+        ((64,), {}, 4.5, msg("12.bits_code_and_absmax")),
+        ((), {}, 4.5, msg("12.bits_default_blocksize")),
         ((128,), {}, 4.25, "4 + 32/128"),
         (
             (64,),
             {"double_quant": True},
             4 + 8 / 64 + 32 / (64 * 256),
-            "double quantization: an 8-bit absmax per 64 weights, plus a 32-bit scale per "
-            "256 absmax values: 4 + 8/64 + 32/(64·256)",
+            msg("12.bits_double_quantization"),
         ),
         ((64,), {"double_quant": True, "dq_blocksize": 128}, 4 + 8 / 64 + 32 / (64 * 128), ""),
     ]
     for args, kwargs, expected, why in cases:
         got = qlora.bits_per_parameter(*args, **kwargs)
         call = ", ".join([*map(str, args), *(f"{k}={v}" for k, v in kwargs.items())])
-        assert got == pytest.approx(expected, rel=1e-12), (
-            f"bits_per_parameter({call}) should be {expected:.6f}, found {got!r}"
-            + (f": {why}" if why else "")
+        assert got == pytest.approx(expected, rel=1e-12), msg(
+            "12.bits_per_parameter",
+            call=call,
+            expected=expected,
+            got=got,
+            why=msg("12.bits_reason", why=why) if why else "",
         )
 
 
@@ -311,19 +299,24 @@ def test_opt_6_7b_memory_table_in_lesson_12_matches_the_meta_device_model():
 
     rows = memory_rows(opt_6_7b_on_meta(), qlora.bits_per_parameter)
     fp16_bytes = rows[0][2]
-    assert fp16_bytes == 2 * 6_658_473_984, (
-        f"opt-6.7b has 6,658,473,984 parameters (the tutorial's line, less LoRA's 8,388,608), "
-        f"so {2 * 6_658_473_984} bytes in fp16; the table found {fp16_bytes}"
+    assert fp16_bytes == 2 * 6_658_473_984, msg(
+        "12.opt_6_7b_fp16_bytes", expected=2 * 6_658_473_984, found=fp16_bytes
     )
     for lang in ("en", "zh"):
         path = REPO_ROOT / "lessons" / lang / "12-qlora-nf4.md"
         table = lesson_table(path)
         for label, bits, size in rows:
-            assert label in table, f"{path.name} ({lang}) has no row for {label}"
-            assert table[label] == (round(bits, 3), round(size / 2**30, 2)), (
-                f"{path.name} ({lang}), row {label}: the lesson says {table[label]}, the meta "
-                f"model gives ({round(bits, 3)}, {round(size / 2**30, 2)}) (bits per quantized "
-                "weight, GiB of the whole model)"
+            assert label in table, msg(
+                "12.lesson_has_the_row", lesson=path.name, lang=lang, label=label
+            )
+            assert table[label] == (round(bits, 3), round(size / 2**30, 2)), msg(
+                "12.lesson_row_matches_the_model",
+                lesson=path.name,
+                lang=lang,
+                label=label,
+                says=table[label],
+                bits=round(bits, 3),
+                gib=round(size / 2**30, 2),
             )
 
 
@@ -342,36 +335,30 @@ def test_load_in_4bit_quantizes_every_decoder_linear_to_nf4(checkpoint):
     loaded = qlora.load_in_4bit(str(checkpoint), double_quant=False)
     # Lesson 12's warning: asking for 4 bits alone gives FP4.
     default = BitsAndBytesConfig(load_in_4bit=True).bnb_4bit_quant_type
-    assert default == "fp4", (
-        f"transformers' default 4-bit type is now {default!r}, not 'fp4': update lesson 12"
-    )
+    assert default == "fp4", msg("12.default_4bit_type_is_fp4", default=default)
     reference = load_tiny_opt_in_4bit(checkpoint)
     expected = linear4bit_module_names(reference)
-    assert linear4bit_module_names(loaded) == expected, (
-        f"every decoder Linear should be a bitsandbytes Linear4bit ({len(expected)}), found "
-        f"{len(linear4bit_module_names(loaded))}: pass quantization_config="
-        "BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', ...)"
+    assert linear4bit_module_names(loaded) == expected, msg(
+        "12.every_decoder_linear_is_linear4bit",
+        expected=len(expected),
+        found=len(linear4bit_module_names(loaded)),
     )
-    assert not isinstance(loaded.get_output_embeddings(), bnb.nn.Linear4bit), (
-        "lm_head (tied to the embeddings) is never quantized"
+    assert not isinstance(loaded.get_output_embeddings(), bnb.nn.Linear4bit), msg(
+        "12.lm_head_not_quantized"
     )
     for name in expected:
         module = loaded.get_submodule(name)
         state = module.weight.quant_state
-        assert state.quant_type == "nf4", (
-            f"{name} is quantized as {state.quant_type!r}: bitsandbytes' default 4-bit type is "
-            "fp4; pass bnb_4bit_quant_type='nf4'"
+        assert state.quant_type == "nf4", msg(
+            "12.quantized_as_nf4", name=name, quant_type=state.quant_type
         )
-        assert not state.nested, f"{name}: double_quant=False should give no double quantization"
-        assert torch.equal(module.weight.data, reference.get_submodule(name).weight.data), (
-            f"{name}'s packed 4-bit weight should equal an NF4 load of the same checkpoint"
+        assert not state.nested, msg("12.no_double_quantization", name=name)
+        assert torch.equal(module.weight.data, reference.get_submodule(name).weight.data), msg(
+            "12.packed_weight_equals_reference", name=name
         )
     nested = qlora.load_in_4bit(str(checkpoint))
     state = nested.get_submodule(expected[0]).weight.quant_state
-    assert state.nested, (
-        "load_in_4bit's default double_quant=True should quantize the absmax values too: "
-        "bnb_4bit_use_double_quant=double_quant"
-    )
+    assert state.nested, msg("12.double_quant_by_default")
 
 
 def test_load_in_4bit_passes_compute_dtype_and_device_map_to_from_pretrained(
@@ -381,19 +368,17 @@ def test_load_in_4bit_passes_compute_dtype_and_device_map_to_from_pretrained(
 
     calls = record_from_pretrained(monkeypatch)
     qlora.load_in_4bit(str(checkpoint), compute_dtype=torch.bfloat16, device_map={"": "cpu"})
-    assert calls, "load_in_4bit should call from_pretrained (AutoModelForCausalLM's)"
+    assert calls, msg("12.calls_from_pretrained")
     kwargs = calls[-1]
-    assert kwargs.get("device_map") == {"": "cpu"}, (
-        f"device_map={{'': 'cpu'}} should reach from_pretrained, found "
-        f"{kwargs.get('device_map')!r}: pass device_map=device_map on"
+    assert kwargs.get("device_map") == {"": "cpu"}, msg(
+        "12.device_map_reaches_from_pretrained", found=kwargs.get("device_map")
     )
     config = kwargs.get("quantization_config")
-    assert isinstance(config, BitsAndBytesConfig) and config.load_in_4bit, (
-        f"from_pretrained should get a BitsAndBytesConfig(load_in_4bit=True, ...), got {config!r}"
+    assert isinstance(config, BitsAndBytesConfig) and config.load_in_4bit, msg(
+        "12.from_pretrained_gets_a_4bit_config", config=config
     )
-    assert config.bnb_4bit_compute_dtype == torch.bfloat16, (
-        f"compute_dtype=torch.bfloat16 should become bnb_4bit_compute_dtype, found "
-        f"{config.bnb_4bit_compute_dtype}"
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16, msg(
+        "12.compute_dtype_reaches_the_config", found=config.bnb_4bit_compute_dtype
     )
 
 
@@ -413,9 +398,8 @@ def test_the_loaded_4bit_weights_are_our_nf4_of_the_checkpoint(checkpoint):
     ours = qlora.dequantize_nf4(codes, absmax, weight.shape).flatten()
     off = (ours - stored).abs() > TABLE_TOL * state.absmax.repeat_interleave(64)
     off &= ~near_ties(weight, state.absmax)
-    assert not bool(off.any()), (
-        f"{int(off.sum())} weights of {name} differ between our NF4 round trip of the "
-        "checkpoint and what bitsandbytes stored while loading"
+    assert not bool(off.any()), msg(
+        "12.stored_weights_equal_our_round_trip", off=int(off.sum()), name=name
     )
 
 
@@ -447,24 +431,24 @@ def test_lora_trains_on_a_4bit_model_and_the_4bit_weights_stay_bit_identical(che
 
     model = qlora_model(checkpoint)
     wrapped = {n: m for n, m in model.named_modules() if type(m).__name__ == "LoRALinear"}
-    assert wrapped and all(isinstance(m.base, bnb.nn.Linear4bit) for m in wrapped.values()), (
-        "inject_lora should wrap the Linear4bit targets (a subclass of nn.Linear) in LoRALinear"
+    assert wrapped and all(isinstance(m.base, bnb.nn.Linear4bit) for m in wrapped.values()), msg(
+        "12.inject_wraps_linear4bit"
     )
     quantized = four_bit_snapshot(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     losses = train_a_few_steps(model)
-    assert all(math.isfinite(v) for v in losses), f"losses should be finite, found {losses}"
+    assert all(math.isfinite(v) for v in losses), msg("12.losses_finite", losses=losses)
     after = dict(model.named_parameters())
     moved = {n for n in before if not torch.equal(before[n], after[n].detach())}
     lora_names = {n for n in before if n.endswith(("lora_A", "lora_B"))}
-    assert moved == lora_names, (
-        f"exactly the LoRA weights should move; moved but not LoRA: "
-        f"{sorted(moved - lora_names)[:3]}, LoRA that did not move: "
-        f"{sorted(lora_names - moved)[:3]}"
+    assert moved == lora_names, msg(
+        "12.only_lora_moves",
+        not_lora=sorted(moved - lora_names)[:3],
+        still=sorted(lora_names - moved)[:3],
     )
     now = four_bit_snapshot(model)
     changed = [n for n in quantized if not all(map(torch.equal, quantized[n], now[n]))]
-    assert not changed, f"4-bit weights or their absmax changed during training: {changed[:3]}"
+    assert not changed, msg("12.four_bit_weights_unchanged", changed=changed[:3])
 
 
 def test_merging_into_a_4bit_base_is_refused_with_a_type_error(checkpoint):
@@ -473,12 +457,20 @@ def test_merging_into_a_4bit_base_is_refused_with_a_type_error(checkpoint):
     layer = model.get_submodule("model.decoder.layers.0.self_attn.q_proj")
     with torch.no_grad():
         layer.lora_B.fill_(0.1)  # a non-zero ΔW
-    with pytest.raises(TypeError):
+    with must_raise(
+        TypeError,
+        msg(
+            "common.accepted_bad_input",
+            call="layer.merge()",
+            expected="TypeError",
+            why=msg("12.merge_into_4bit_why"),
+        ),
+    ):
         layer.merge()
-    assert layer.merged is False, "a refused merge must leave merged False"
+    assert layer.merged is False, msg("12.refused_merge_leaves_merged_false")
     now = four_bit_snapshot(model)
-    assert all(all(map(torch.equal, quantized[n], now[n])) for n in quantized), (
-        "a refused merge must not touch the 4-bit weights"
+    assert all(all(map(torch.equal, quantized[n], now[n])) for n in quantized), msg(
+        "12.refused_merge_leaves_4bit_weights"
     )
 
 
@@ -496,16 +488,16 @@ def test_a_no_grad_eval_forward_on_an_avx512_bf16_cpu_repacks_4bit_weights_for_i
         model(input_ids=ids)
     q_proj = model.get_submodule("model.decoder.layers.0.self_attn.q_proj")
     repacked = bool(getattr(q_proj.weight.quant_state, "packing_format_for_cpu", False))
-    assert repacked == bool(has_avx512bf16()), (
-        f"bitsandbytes should repack a Linear4bit at its first no-grad eval forward exactly on "
-        f"CPUs with AVX512-BF16 (this one: {bool(has_avx512bf16())}), repacked: {repacked}"
+    assert repacked == bool(has_avx512bf16()), msg(
+        "12.repack_exactly_on_avx512_bf16", cpu=bool(has_avx512bf16()), repacked=repacked
     )
     if repacked:
         model.train()
-        with pytest.raises(RuntimeError):  # the repacked layout has no training path
+        # the repacked layout has no training path
+        with must_raise(RuntimeError, msg("12.repacked_layer_trains")):
             model(input_ids=ids, labels=ids).loss.backward()
         # in_features 32 < 64: the repack itself fails.
         small = save_tiny_opt_fp16(tmp_path / "opt32", with_tokenizer=False)
         narrow = qlora.load_in_4bit(str(small), double_quant=False).eval()
-        with pytest.raises(RuntimeError), torch.no_grad():
+        with must_raise(RuntimeError, msg("12.narrow_layer_repacks")), torch.no_grad():
             narrow(input_ids=ids)
