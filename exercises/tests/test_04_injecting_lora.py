@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from lora_kata.impl import implementation
+from lora_kata.messages import msg
+from lora_kata.raising import must_raise
 
 inject = implementation("inject")
 lora = implementation("lora")
@@ -84,10 +86,7 @@ def tiny_opt_dir(tmp_path_factory):
 def test_config_has_peft_field_names_and_defaults():
     cfg = inject.LoRAConfig()
     got = (cfg.r, cfg.lora_alpha, tuple(cfg.target_modules), cfg.lora_dropout, cfg.bias)
-    assert got == (8, 8.0, ("q_proj", "v_proj"), 0.0, "none"), (
-        f"LoRAConfig() should default to r=8, lora_alpha=8.0, target_modules=('q_proj', "
-        f"'v_proj'), lora_dropout=0.0, bias='none'; got {got}"
-    )
+    assert got == (8, 8.0, ("q_proj", "v_proj"), 0.0, "none"), msg("04.config_defaults", got=got)
 
 
 def test_config_accepts_the_tutorials_settings_and_every_bias_mode():
@@ -95,17 +94,12 @@ def test_config_accepts_the_tutorials_settings_and_every_bias_mode():
         r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"], lora_dropout=0.05, bias="none"
     )
     got = (cfg.r, cfg.lora_alpha, cfg.lora_dropout)
-    assert got == (16, 32, 0.05), (
-        f"LoRAConfig(r=16, lora_alpha=32, lora_dropout=0.05) should keep those values, found "
-        f"(r, lora_alpha, lora_dropout) = {got}: store the fields as given"
-    )
+    assert got == (16, 32, 0.05), msg("04.config_keeps_the_values", got=got)
     for bias in ("none", "all", "lora_only"):
         kept = inject.LoRAConfig(bias=bias).bias
-        assert kept == bias, (
-            f"bias={bias!r} is one of peft's modes and should be accepted and kept, found {kept!r}"
-        )
-    assert inject.LoRAConfig(target_modules=r".*\.q_proj").target_modules == r".*\.q_proj", (
-        "target_modules may also be a string (a regex): keep it as given"
+        assert kept == bias, msg("04.config_keeps_every_bias_mode", bias=bias, kept=kept)
+    assert inject.LoRAConfig(target_modules=r".*\.q_proj").target_modules == r".*\.q_proj", msg(
+        "04.config_keeps_a_regex_target"
     )
 
 
@@ -132,19 +126,23 @@ def test_config_rejects_bad_values_with_a_message_naming_the_field(kwargs, field
     try:
         inject.LoRAConfig(**kwargs)
     except ValueError as error:
-        assert names_the_argument(str(error), field), (
-            f"the ValueError for {kwargs} should name {field!r} (as a word) so the user knows "
-            f"what to fix; it said: {error}"
+        assert names_the_argument(str(error), field), msg(
+            "04.config_error_names_the_field", kwargs=kwargs, field=field, error=error
         )
     except NotImplementedError:
         raise  # the stub: the report says "not started", not "wrong exception"
     except Exception as error:  # say what was raised instead, not a bare traceback
         pytest.fail(
-            f"LoRAConfig({kwargs}) should raise a ValueError naming {field!r} in __post_init__; "
-            f"it raised {type(error).__name__}: {error}"
+            msg(
+                "04.config_raised_another_error",
+                kwargs=kwargs,
+                field=field,
+                error_type=type(error).__name__,
+                error=error,
+            )
         )
     else:
-        pytest.fail(f"LoRAConfig({kwargs}) was accepted: __post_init__ should raise ValueError")
+        pytest.fail(msg("04.config_accepted_a_bad_value", kwargs=kwargs))
 
 
 # ---- find_target_modules ------------------------------------------------------------------
@@ -153,23 +151,17 @@ def test_config_rejects_bad_values_with_a_message_naming_the_field(kwargs, field
 def test_list_targets_match_by_name_suffix_in_model_order():
     model = tiny_opt()
     got = inject.find_target_modules(model, ["q_proj", "v_proj"])
-    assert got == Q_AND_V, (
-        f"['q_proj', 'v_proj'] should select, in model order (v_proj comes before q_proj in "
-        f"OPT's attention), {Q_AND_V}; got {got}"
-    )
+    assert got == Q_AND_V, msg("04.targets_in_model_order", expected=Q_AND_V, got=got)
 
 
 def test_list_targets_match_whole_name_parts_not_substrings():
     model = tiny_opt()
     for targets in (["proj"], ["_proj"], ["elf_attn.q_proj"], ["q"]):
         got = inject.find_target_modules(model, targets)
-        assert got == [], (
-            f"{targets} should match nothing (an entry equals a whole name or the part after a "
-            f"'.'), got {got[:3]}...: substring matching (t in name), or endswith without the '.'?"
-        )
+        assert got == [], msg("04.whole_name_parts_only", targets=targets, got=got[:3])
     got = inject.find_target_modules(model, ["self_attn.q_proj"])
-    assert got == [ATTN.format(0, "q_proj"), ATTN.format(1, "q_proj")], (
-        f"['self_attn.q_proj'] matches a name's end after a '.': expected both q_proj, got {got}"
+    assert got == [ATTN.format(0, "q_proj"), ATTN.format(1, "q_proj")], msg(
+        "04.dotted_entry_matches_a_names_end", got=got
     )
 
 
@@ -177,32 +169,25 @@ def test_a_full_dotted_name_matches_only_that_module():
     model = tiny_opt()
     name = ATTN.format(1, "out_proj")
     got = inject.find_target_modules(model, [name])
-    assert got == [name], f"the full dotted name [{name!r}] should select only itself, got {got}"
+    assert got == [name], msg("04.full_name_selects_only_itself", name=name, got=got)
 
 
 def test_a_string_is_a_regex_that_must_match_the_whole_name():
     model = tiny_opt()
     got = inject.find_target_modules(model, r".*\.(q|v)_proj")
-    assert got == Q_AND_V, f"the regex r'.*\\.(q|v)_proj' should select {Q_AND_V}, got {got}"
+    assert got == Q_AND_V, msg("04.regex_selects_q_and_v", expected=Q_AND_V, got=got)
     got = inject.find_target_modules(model, "q_proj")
-    assert got == [], (
-        f"the string 'q_proj' is a regex that must match a WHOLE name, so it matches nothing; "
-        f"got {got}: re.search (or a list of one name) instead of re.fullmatch?"
-    )
+    assert got == [], msg("04.regex_matches_whole_names_only", got=got)
     got = inject.find_target_modules(model, r"model\.decoder\.layers\.0\.self_attn")
-    assert got == ["model.decoder.layers.0.self_attn"], (
-        f"r'model\\.decoder\\.layers\\.0\\.self_attn' should fullmatch the attention block only, "
-        f"not its children; got {got}: re.match instead of re.fullmatch?"
-    )
+    assert got == ["model.decoder.layers.0.self_attn"], msg("04.regex_fullmatch_not_match", got=got)
 
 
 def test_finds_the_64_tutorial_targets_in_opt_6_7b(opt_6_7b):
     got = inject.find_target_modules(opt_6_7b, ["q_proj", "v_proj"])
-    assert len(got) == 64, f"opt-6.7b has 32 layers × (q_proj, v_proj) = 64 targets, got {len(got)}"
+    assert len(got) == 64, msg("04.opt_6_7b_has_64_targets", count=len(got))
     got = inject.find_target_modules(opt_6_7b, r".*layers\.(0|1)\.self_attn\.q_proj")
-    assert got == [ATTN.format(0, "q_proj"), ATTN.format(1, "q_proj")], (
-        f"r'.*layers\\.(0|1)\\.self_attn\\.q_proj' should select q_proj of layers 0 and 1 (not "
-        f"10-19, 100...), got {got[:4]}"
+    assert got == [ATTN.format(0, "q_proj"), ATTN.format(1, "q_proj")], msg(
+        "04.regex_selects_layers_0_and_1", got=got[:4]
     )
 
 
@@ -214,24 +199,23 @@ def test_inject_wraps_each_target_in_place_at_the_same_name():
     originals = {name: model.get_submodule(name) for name in Q_AND_V}
     k_proj = model.get_submodule(ATTN.format(0, "k_proj"))
     returned = inject.inject_lora(model, config(lora_dropout=0.05))
-    assert returned is model, "inject_lora works in place and returns the same model object"
+    assert returned is model, msg("04.inject_returns_the_same_model")
     for name, original in originals.items():
         layer = model.get_submodule(name)
-        assert isinstance(layer, lora.LoRALinear), (
-            f"{name} should now be a LoRALinear, found {type(layer).__name__}: set it on the "
-            "parent module (setattr(model, 'a.b.c', ...) adds a new child named 'a.b.c')"
+        assert isinstance(layer, lora.LoRALinear), msg(
+            "04.target_is_a_loralinear", name=name, found=type(layer).__name__
         )
-        assert layer.base is original, f"{name}.base should be the original layer, not a copy"
-        assert (layer.r, layer.alpha) == (4, 8), "pass config.r and config.lora_alpha on"
-        assert getattr(layer.lora_dropout, "p", 0.0) == pytest.approx(0.05), (
-            "pass config.lora_dropout on to LoRALinear"
+        assert layer.base is original, msg("04.base_is_the_original_layer", name=name)
+        assert (layer.r, layer.alpha) == (4, 8), msg("04.r_and_alpha_passed_on")
+        assert getattr(layer.lora_dropout, "p", 0.0) == pytest.approx(0.05), msg(
+            "04.dropout_passed_on"
         )
-    assert model.get_submodule(ATTN.format(0, "k_proj")) is k_proj, "k_proj is not a target"
-    assert set(lora_layers(model)) == set(Q_AND_V), (
-        f"exactly the targets should be LoRALinear: found {sorted(lora_layers(model))}"
+    assert model.get_submodule(ATTN.format(0, "k_proj")) is k_proj, msg("04.k_proj_not_a_target")
+    assert set(lora_layers(model)) == set(Q_AND_V), msg(
+        "04.exactly_the_targets_wrapped", found=sorted(lora_layers(model))
     )
-    assert "." not in "".join(name for name, _ in model.named_children()), (
-        "a child with a dotted name was added to the root: setattr on the parent instead"
+    assert "." not in "".join(name for name, _ in model.named_children()), msg(
+        "04.no_dotted_child_on_the_root"
     )
 
 
@@ -239,14 +223,10 @@ def test_everything_but_lora_is_frozen():
     model = inject.inject_lora(tiny_opt(), config())
     got = trainable_names(model)
     expected = lora_names(Q_AND_V)
-    assert not got - expected, (
-        f"non-targets left trainable after inject_lora: {sorted(got - expected)[:3]}...; "
-        "freeze every parameter of the model, then wrap"
+    assert not got - expected, msg(
+        "04.non_targets_left_trainable", extra=sorted(got - expected)[:3]
     )
-    assert got == expected, (
-        f"LoRA frozen: {sorted(expected - got)[:2]}... should train. Freeze everything first, "
-        "then wrap (new lora_A/lora_B are created trainable)"
-    )
+    assert got == expected, msg("04.lora_frozen", missing=sorted(expected - got)[:2])
 
 
 def test_trainable_count_is_r_times_in_plus_out_per_target():
@@ -254,11 +234,14 @@ def test_trainable_count_is_r_times_in_plus_out_per_target():
     # q_proj: 32 → 32, fc1: 32 → 48, in both layers
     expected = 2 * (3 * (32 + 32) + 3 * (32 + 48))
     trainable, total = counting.count_parameters(model)
-    assert trainable == expected, f"expected {expected} trainable parameters, got {trainable}"
+    assert trainable == expected, msg("04.trainable_count", expected=expected, trainable=trainable)
     before = counting.count_parameters(tiny_opt())[1]
-    assert total == before + expected, (
-        f"injection adds only the LoRA matrices: total should be {before} + {expected} = "
-        f"{before + expected}, got {total} (was a weight copied, or a layer counted twice?)"
+    assert total == before + expected, msg(
+        "04.total_count",
+        before=before,
+        expected=expected,
+        expected_total=before + expected,
+        total=total,
     )
 
 
@@ -267,11 +250,12 @@ def test_bias_all_trains_every_bias_in_the_model():
     got = trainable_names(model) - lora_names(Q_AND_V)
     expected = bias_names(model)
     missing, extra = sorted(expected - got), sorted(got - expected)
-    assert got == expected, (
-        ('bias="all" treated as "lora_only"? ' if missing and not extra else "")
-        + "every bias in the model should train (layer norms, fc1, k_proj... too) and nothing "
-        f"else but LoRA: missing {missing[:3]}, extra {extra[:3]}"
-        + (" (non-bias weights left trainable?)" if extra else "")
+    assert got == expected, msg(
+        "04.bias_all_trains_every_bias",
+        guess=msg("04.bias_all_treated_as_lora_only") if missing and not extra else "",
+        missing=missing[:3],
+        extra=extra[:3],
+        why=msg("04.non_bias_weights_left_trainable") if extra else "",
     )
 
 
@@ -279,16 +263,15 @@ def test_bias_lora_only_trains_only_the_wrapped_layers_biases():
     model = inject.inject_lora(tiny_opt(), config(bias="lora_only"))
     got = trainable_names(model) - lora_names(Q_AND_V)
     expected = {f"{t}.base.bias" for t in Q_AND_V}
-    assert got == expected, (
-        f'bias="lora_only" should train the biases of the wrapped layers only ({sorted(expected)}'
-        f"), got {sorted(got)}"
+    assert got == expected, msg(
+        "04.bias_lora_only_trains_the_wrapped_biases", expected=sorted(expected), got=sorted(got)
     )
 
 
 def test_bias_none_trains_no_bias():
     model = inject.inject_lora(tiny_opt(), config(bias="none"))
     got = trainable_names(model) & bias_names(model)
-    assert not got, f'bias="none" should leave every bias frozen, found trainable {sorted(got)}'
+    assert not got, msg("04.bias_none_trains_no_bias", got=sorted(got))
 
 
 def test_no_match_raises_a_value_error_naming_the_targets():
@@ -296,17 +279,11 @@ def test_no_match_raises_a_value_error_naming_the_targets():
     try:
         inject.inject_lora(model, config(target_modules=["query", "value"]))
     except ValueError as error:
-        assert "query" in str(error), (
-            f"the ValueError should show the target_modules that matched nothing, said: {error}"
-        )
+        assert "query" in str(error), msg("04.no_match_error_shows_the_targets", error=error)
     else:
-        pytest.fail(
-            "inject_lora returned silently when target_modules ['query', 'value'] matched "
-            "nothing: a silent no-match trains nothing; raise ValueError naming the targets"
-        )
-    assert not lora_layers(model), (
-        f"a refused inject_lora should leave the model as it was, found LoRA layers at "
-        f"{sorted(lora_layers(model))}"
+        pytest.fail(msg("04.silent_no_match"))
+    assert not lora_layers(model), msg(
+        "04.refused_inject_leaves_the_model", found=sorted(lora_layers(model))
     )
 
 
@@ -316,11 +293,12 @@ def test_a_match_that_is_not_linear_raises_a_type_error_naming_it():
         (r".*layers\.0\.final_layer_norm", "final_layer_norm"),
         (["self_attn"], "self_attn"),
     ):
-        with pytest.raises(TypeError) as caught:
+        with must_raise(
+            TypeError, msg("04.non_linear_match_raises", targets=targets, culprit=culprit)
+        ) as raised:
             inject.inject_lora(tiny_opt(), config(target_modules=targets))
-        assert culprit in str(caught.value), (
-            f"the TypeError for {targets!r} should name the module that is not linear "
-            f"({culprit}); it said: {caught.value}"
+        assert culprit in str(raised.value), msg(
+            "04.type_error_names_the_module", targets=targets, culprit=culprit, error=raised.value
         )
 
 
@@ -328,15 +306,12 @@ def test_a_failed_inject_leaves_the_model_untouched():
     model = tiny_opt()
     # layer 0: q_proj (linear) comes before self_attn_layer_norm (not linear)
     bad = config(target_modules=r".*\.(q_proj|self_attn_layer_norm)")
-    with pytest.raises(TypeError):
+    with must_raise(TypeError, msg("04.a_non_linear_match_among_others_raises")):
         inject.inject_lora(model, bad)
-    assert not lora_layers(model), (
-        f"a failed inject_lora wrapped {sorted(lora_layers(model))} before raising: check every "
-        "match first, then change the model"
+    assert not lora_layers(model), msg(
+        "04.failed_inject_wrapped_layers", wrapped=sorted(lora_layers(model))
     )
-    assert all(p.requires_grad for p in model.parameters()), (
-        "a failed inject_lora froze the model before raising: check every match first"
-    )
+    assert all(p.requires_grad for p in model.parameters()), msg("04.failed_inject_froze_the_model")
 
 
 def test_injecting_twice_is_refused():
@@ -348,20 +323,16 @@ def test_injecting_twice_is_refused():
     except (ValueError, TypeError) as error:
         said = str(error)
     else:
-        pytest.fail(
-            "a second inject_lora on the same layers returned: it should refuse (LoRA is "
-            "already there) with a ValueError or TypeError, not wrap LoRA inside LoRA"
-        )
-    assert "already" in said.lower() or "loralinear" in said.lower(), (
-        "a second inject_lora on the same layers should say LoRA is already there (or that "
-        f"the match is a LoRALinear, not a plain linear layer); it said: {said}"
+        pytest.fail(msg("04.second_inject_returned"))
+    assert "already" in said.lower() or "loralinear" in said.lower(), msg(
+        "04.second_inject_says_lora_is_there", said=said
     )
-    with pytest.raises((ValueError, TypeError)):
+    with must_raise((ValueError, TypeError), msg("04.layer_inside_lora_refused")):
         inject.inject_lora(model, config(target_modules=r".*\.q_proj\.base"))
     layers = lora_layers(model)
     assert set(layers) == set(Q_AND_V) and not any(
         isinstance(layer.base, lora.LoRALinear) for layer in layers.values()
-    ), f"LoRA was wrapped inside LoRA: {sorted(layers)}"
+    ), msg("04.lora_inside_lora", layers=sorted(layers))
 
 
 def test_output_is_unchanged_right_after_injection():
@@ -370,9 +341,8 @@ def test_output_is_unchanged_right_after_injection():
     with torch.no_grad():
         expected = model(x).logits
         got = inject.inject_lora(model, config()).eval()(x).logits
-    assert torch.equal(got, expected), (
-        "right after injection the model must compute exactly what it did (B = 0); max "
-        f"difference {(got - expected).abs().max().item():.3g}"
+    assert torch.equal(got, expected), msg(
+        "04.output_unchanged_after_injection", difference=(got - expected).abs().max().item()
     )
 
 
@@ -380,28 +350,20 @@ def test_gradients_reach_only_the_lora_matrices():
     model = inject.inject_lora(tiny_opt(), config())
     x = tokens()
     trainable = trainable_names(model)
-    assert trainable, (
-        "nothing is trainable after inject_lora, so no gradient can flow: LoRA frozen? "
-        "Freeze everything first, then wrap"
-    )
+    assert trainable, msg("04.nothing_trainable")
     model(x, labels=x).loss.backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     extra = sorted(with_grad - lora_names(Q_AND_V))
-    assert with_grad == lora_names(Q_AND_V), (
-        f"only lora_A/lora_B should receive gradients, also got {extra}"
-    )
+    assert with_grad == lora_names(Q_AND_V), msg("04.gradients_reach_only_lora", extra=extra)
 
 
 def test_works_on_the_meta_device_and_reproduces_the_tutorials_line(opt_6_7b):
     cfg = inject.LoRAConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"])
     model = inject.inject_lora(copy.deepcopy(opt_6_7b), cfg)
     wrapped = len(lora_layers(model))
-    assert wrapped == 64, (
-        f"opt-6.7b has 32 layers with a q_proj and a v_proj each: expected 64 LoRA layers, "
-        f"found {wrapped}"
-    )
+    assert wrapped == 64, msg("04.opt_6_7b_has_64_lora_layers", wrapped=wrapped)
     line = counting.trainable_parameters_line(model)
-    assert line == TUTORIAL_LINE, f"expected the tutorial's line {TUTORIAL_LINE!r}, got {line!r}"
+    assert line == TUTORIAL_LINE, msg("04.tutorials_line", expected=TUTORIAL_LINE, line=line)
 
 
 # ---- lora_state_dict ----------------------------------------------------------------------
@@ -410,14 +372,14 @@ def test_works_on_the_meta_device_and_reproduces_the_tutorials_line(opt_6_7b):
 def test_lora_state_dict_holds_only_the_lora_tensors():
     model = inject.inject_lora(tiny_opt(), config())
     state = inject.lora_state_dict(model)
-    assert set(state) == lora_names(Q_AND_V), (
-        f"lora_state_dict should hold exactly the lora_A/lora_B entries of model.state_dict(), "
-        f"got extra {sorted(set(state) - lora_names(Q_AND_V))[:3]}, "
-        f"missing {sorted(lora_names(Q_AND_V) - set(state))[:3]} (base weights included?)"
+    assert set(state) == lora_names(Q_AND_V), msg(
+        "04.state_dict_holds_only_lora",
+        extra=sorted(set(state) - lora_names(Q_AND_V))[:3],
+        missing=sorted(lora_names(Q_AND_V) - set(state))[:3],
     )
     full = model.state_dict()
     for key, value in state.items():
-        assert torch.equal(value, full[key]), f"{key} should hold the model's current values"
+        assert torch.equal(value, full[key]), msg("04.state_dict_current_values", key=key)
 
 
 @pytest.mark.parametrize("bias", ["none", "all", "lora_only"])
@@ -436,16 +398,20 @@ def test_lora_state_dict_has_the_keys_peft_saves(bias):
         # DESIGN.md asks for "only LoRA tensors"; peft adds the trainable biases. Both are fine:
         # every LoRA tensor must be there, and nothing peft would not save.
         lora_only = {k for k in expected if ".lora_A" in k or ".lora_B" in k}
-        assert lora_only <= got <= expected, (
-            f"bias={bias!r}: lora_state_dict should hold every lora_A/lora_B tensor (missing "
-            f"{sorted(lora_only - got)[:3]}) and nothing peft would not save (extra "
-            f"{sorted(got - expected)[:3]})"
+        assert lora_only <= got <= expected, msg(
+            "04.state_dict_lora_and_what_peft_saves",
+            bias=bias,
+            missing=sorted(lora_only - got)[:3],
+            extra=sorted(got - expected)[:3],
         )
         return
-    assert got == expected, (
-        f"bias={bias!r}: peft saves {len(expected)} tensors, lora_state_dict gave {len(got)}; "
-        f"missing {sorted(expected - got)[:3]}, extra {sorted(got - expected)[:3]} "
-        "(trainable biases belong in it when bias is not 'none')"
+    assert got == expected, msg(
+        "04.state_dict_keys_as_peft",
+        bias=bias,
+        n_expected=len(expected),
+        n_got=len(got),
+        missing=sorted(expected - got)[:3],
+        extra=sorted(got - expected)[:3],
     )
 
 
@@ -466,36 +432,33 @@ def check_same_as_peft(ours, theirs, targets):
         randomise_lora,
     )
 
-    assert list(lora_layers(ours)) == peft_targeted_names(theirs) == targets, (
-        f"wrapped modules differ from peft's: ours {list(lora_layers(ours))}, "
-        f"peft {peft_targeted_names(theirs)}"
+    assert list(lora_layers(ours)) == peft_targeted_names(theirs) == targets, msg(
+        "04.wrapped_as_peft", ours=list(lora_layers(ours)), peft=peft_targeted_names(theirs)
     )
     peft_trainable = {peft_to_kata_name(n) for n, p in theirs.named_parameters() if p.requires_grad}
     ours_trainable = trainable_names(ours)
     only_ours, only_peft = ours_trainable - peft_trainable, peft_trainable - ours_trainable
-    assert ours_trainable == peft_trainable, (
-        f"trainable parameters differ from peft's: only ours {sorted(only_ours)}, "
-        f"only peft's {sorted(only_peft)}"
+    assert ours_trainable == peft_trainable, msg(
+        "04.trainable_as_peft", only_ours=sorted(only_ours), only_peft=sorted(only_peft)
     )
     trainable, total = counting.count_parameters(ours)
     expected_counts = theirs.get_nb_trainable_parameters()
-    assert (trainable, total) == expected_counts, (
-        f"(trainable, total) should equal peft's {expected_counts}, got {(trainable, total)}"
+    assert (trainable, total) == expected_counts, msg(
+        "04.counts_as_peft", expected=expected_counts, got=(trainable, total)
     )
     x = tokens()
     with torch.no_grad():
         before = ours(x).logits
         randomise_lora(ours, seed=1)
         copied = copy_lora_into_peft(ours, theirs)
-        assert copied == 2 * len(targets), (
-            f"expected to copy lora_A and lora_B for each of {len(targets)} targets into peft, "
-            f"copied {copied}: the LoRA layers are not where peft's are"
+        assert copied == 2 * len(targets), msg(
+            "04.copied_into_peft", n_targets=len(targets), copied=copied
         )
         got, expected = ours(x).logits, theirs(input_ids=x).logits
-    assert (got - before).abs().max() > 1e-2, "the random A and B should change the logits"
+    assert (got - before).abs().max() > 1e-2, msg("04.random_lora_changes_the_logits")
     difference = (got - expected).abs().max().item()
-    assert torch.allclose(got, expected, rtol=0, atol=ATOL), (
-        f"with the same A and B the logits differ from peft's by up to {difference:.3g}"
+    assert torch.allclose(got, expected, rtol=0, atol=ATOL), msg(
+        "04.logits_as_peft", difference=difference
     )
 
 
@@ -518,24 +481,23 @@ def test_wraps_the_linear8bitlt_layers_of_a_model_loaded_in_8bit(tiny_opt_dir):
     inject.inject_lora(model, config())
     for name, original in originals.items():
         layer = model.get_submodule(name)
-        assert isinstance(layer, lora.LoRALinear) and layer.base is original, (
-            f"{name} (a bitsandbytes Linear8bitLt, a subclass of nn.Linear) should be wrapped"
+        assert isinstance(layer, lora.LoRALinear) and layer.base is original, msg(
+            "04.linear8bitlt_wrapped", name=name
         )
-        assert layer.base.weight.dtype == torch.int8, "the 8-bit weight must stay int8"
+        assert layer.base.weight.dtype == torch.int8, msg("04.int8_weight_stays_int8")
         dtypes = (layer.lora_A.dtype, layer.lora_B.dtype)
-        assert dtypes == (torch.float32, torch.float32), (
-            f"{name}: lora_A/lora_B should be float32 on an 8-bit base, found {dtypes}"
+        assert dtypes == (torch.float32, torch.float32), msg(
+            "04.lora_float32_on_8bit", name=name, dtypes=dtypes
         )
     trainable = trainable_names(model)
-    assert trainable == lora_names(Q_AND_V), (
-        f"in 8-bit only lora_A/lora_B should be trainable, found "
-        f"{sorted(trainable ^ lora_names(Q_AND_V))} differing"
+    assert trainable == lora_names(Q_AND_V), msg(
+        "04.only_lora_trainable_in_8bit", differing=sorted(trainable ^ lora_names(Q_AND_V))
     )
     x = tokens()
     model(x, labels=x).loss.backward()  # the int8 base path and the fp32 update both run
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
-    assert with_grad == lora_names(Q_AND_V), (
-        f"in 8-bit too, only lora_A/lora_B should receive gradients, got {sorted(with_grad)[:4]}"
+    assert with_grad == lora_names(Q_AND_V), msg(
+        "04.only_lora_gradients_in_8bit", got=sorted(with_grad)[:4]
     )
 
 
