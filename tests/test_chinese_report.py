@@ -1,0 +1,90 @@
+"""Under LORA_KATA_LANG=zh the learner reads no English sentence: the report, the failing
+test's title and message, and pytest's own header and closing line.
+
+The issue's own check is the first test: the whole kata (`pytest exercises/`) with a wrong
+forward. Then, per exercise, its first catalogued mistake (tests/mutants/NN.toml) under zh.
+A line where the code under test raised a library's exception ("抛出了 RuntimeError：...") is
+the library's words, quoted: it is left out of the check, and reported when found.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.kata_harness import exercise_test_path, load_mutants, run_kata_warm, stop_warm
+from tests.test_messages import english_sentences
+
+MUTANTS = load_mutants()
+FIRST_MUTANT = {}
+for _mutant in MUTANTS:
+    FIRST_MUTANT.setdefault(_mutant.exercise, _mutant)
+WRONG_FORWARD = next(m for m in MUTANTS if m.id == "scaling_missing_in_forward")
+# pytest's version header: names and versions, no sentence to translate.
+HEADER = re.compile(r"^(platform |rootdir: |configfile: |plugins: |cachedir: )")
+QUOTED_LIBRARY_ERROR = "抛出了 "
+CJK = re.compile(r"[\u4e00-\u9fff]")
+# What a learner's own run shows: the report, no tracebacks (the runner's default for
+# exercises/; a run on another folder, as here, would otherwise show pytest's short summary).
+AS_A_LEARNER = ("--tb=no", "-rN")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_runs():
+    yield
+    stop_warm()
+
+
+def english_lines(output: str) -> list[str]:
+    """The output's lines holding an English sentence (pytest's version header excepted)."""
+    found = []
+    for line in output.splitlines():
+        text = line.strip()
+        if HEADER.match(text) or text.startswith(QUOTED_LIBRARY_ERROR):
+            continue
+        if "PytestAssertRewriteWarning" in text:  # the harness's warm forkserver, not the kata
+            continue
+        if english_sentences(text):
+            found.append(text)
+    return found
+
+
+def test_the_line_check_ignores_the_version_header_and_finds_a_sentence():
+    output = (
+        "platform linux -- Python 3.11.7, pytest-9.0.3\n"
+        "   forward 应为 base(x) + self.scaling · x Aᵀ Bᵀ\n"
+        "   the update is added unscaled\n"
+    )
+    assert english_lines(output) == ["the update is added unscaled"], (
+        f"expected only the English sentence, found {english_lines(output)}"
+    )
+
+
+def test_a_wrong_forward_shows_no_english_sentence_under_zh(tmp_path):
+    impl = WRONG_FORWARD.apply(tmp_path)
+    run = run_kata_warm(impl, *AS_A_LEARNER, lang="zh")
+    failed = [t for t in run.tests("02") if t["outcome"] == "failed"]
+    assert failed, f"the wrong forward should fail exercise 02's tests\n{run.explain()}"
+    english = english_lines(run.output)
+    assert not english, "English under LORA_KATA_LANG=zh:\n" + "\n".join(english)
+    message = failed[0]["message"]
+    assert CJK.search(message), f"the failure's message should be Chinese, got {message!r}"
+
+
+@pytest.mark.parametrize("exercise", sorted(FIRST_MUTANT))
+def test_each_exercises_first_mistake_is_reported_in_chinese(exercise, tmp_path):
+    mutant = FIRST_MUTANT[exercise]
+    impl = mutant.apply(tmp_path)
+    run = run_kata_warm(
+        impl, exercise_test_path(exercise), "--run-waiting", *AS_A_LEARNER, lang="zh"
+    )
+    failed = [t for t in run.tests(exercise) if t["outcome"] == "failed"]
+    assert failed, f"mutant {mutant.id} should fail exercise {exercise}\n{run.explain()}"
+    english = english_lines(run.output)
+    assert not english, f"mutant {mutant.id} under zh shows English:\n" + "\n".join(english)
+    shown = [t["message"] for t in failed if t.get("why") == "wrong"]
+    not_chinese = [m for m in shown if not CJK.search(m)]
+    assert not not_chinese, (
+        f"mutant {mutant.id}: these failures' messages are not Chinese: {not_chinese}"
+    )
