@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lora_kata.impl import implementation
+from lora_kata.messages import msg
 from lora_kata.tiny import EOS_ID, PAD_ID, QUOTES_PATH
 
 data = implementation("data")
@@ -25,6 +26,10 @@ GOOD_ROWS = [
     {"quote": "“Know thyself.”", "author": "Socrates", "tags": ["wisdom", "self"]},
     {"quote": "“Well begun is half done.”", "author": "Aristotle", "tags": []},
 ]
+# Line 1 of a file, holding a JSON list instead of an object.
+JSON_LIST_LINE = '["Brevity is the soul of wit.", "William Shakespeare"]'
+# The author column of small_dataset(), row i.
+FAKE_AUTHOR = "Author number {i} of the kata"
 
 
 @pytest.fixture(autouse=True)
@@ -57,15 +62,15 @@ def value_error_from_load(path, what):
         raise
     except Exception as error:
         pytest.fail(
-            f"{what}: expected a ValueError naming the file, got {type(error).__name__}: "
-            f"{str(error)[:200]} (check the file yourself and raise ValueError, do not let "
-            "datasets' or open()'s own error escape)"
+            msg(
+                "06.load_raised_another_error",
+                what=what,
+                error_type=type(error).__name__,
+                error=str(error)[:200],
+            )
         )
     rows = len(result) if hasattr(result, "__len__") else "?"
-    pytest.fail(
-        f"{what}: expected a ValueError naming the file and line, but load_quotes returned "
-        f"{rows} rows: the bad line was silently skipped (or the column silently filled in)"
-    )
+    pytest.fail(msg("06.load_returned_rows", what=what, rows=rows))
 
 
 def shipped_rows():
@@ -86,16 +91,16 @@ def quotes_tokenizer():
 def test_load_quotes_reads_every_row_of_the_shipped_file_with_quote_author_tags():
     dataset = data.load_quotes()
     expected = shipped_rows()
-    assert {"quote", "author", "tags"} <= set(dataset.column_names), (
-        f"columns quote, author, tags expected, found {dataset.column_names}"
+    assert {"quote", "author", "tags"} <= set(dataset.column_names), msg(
+        "06.shipped_columns", columns=dataset.column_names
     )
-    assert len(dataset) == len(expected), (
-        f"data/quotes.jsonl has {len(expected)} rows, load_quotes returned {len(dataset)}"
+    assert len(dataset) == len(expected), msg(
+        "06.shipped_row_count", want=len(expected), got=len(dataset)
     )
     for index in (0, len(expected) // 2, len(expected) - 1):
         row = {name: dataset[index][name] for name in ("quote", "author", "tags")}
-        assert row == expected[index], (
-            f"row {index} should be {expected[index]} (UTF-8, curly quotes kept), got {row}"
+        assert row == expected[index], msg(
+            "06.shipped_row", index=index, want=expected[index], got=row
         )
 
 
@@ -103,27 +108,22 @@ def test_load_quotes_reads_any_path_it_is_given(tmp_path):
     path = write_lines(tmp_path, [*good_lines(), ""])  # a trailing blank line is fine
     dataset = data.load_quotes(path)
     rows = [{name: row[name] for name in ("quote", "author", "tags")} for row in dataset]
-    assert rows == GOOD_ROWS, (
-        f"load_quotes({path.name!r}) should return that file's 3 rows {GOOD_ROWS}, got {rows} "
-        "(is the path ignored in favour of the default file?)"
-    )
+    assert rows == GOOD_ROWS, msg("06.path_rows", name=path.name, want=GOOD_ROWS, got=rows)
 
 
 def test_missing_file_is_a_value_error_naming_it(tmp_path):
     path = tmp_path / "no_such_quotes.jsonl"
-    message = value_error_from_load(path, "a missing file")
-    assert "no_such_quotes.jsonl" in message, (
-        f"the ValueError for a missing file should name it (no_such_quotes.jsonl), got: {message}"
-    )
+    message = value_error_from_load(path, msg("06.case_missing_file"))
+    assert "no_such_quotes.jsonl" in message, msg("06.missing_file_named", message=message)
 
 
 def test_malformed_line_is_a_value_error_naming_the_file_and_line(tmp_path):
     lines = good_lines()
     lines.insert(2, '{"quote": "“Unfinished", "author": ')  # line 3 is cut short
     path = write_lines(tmp_path, lines, name="broken.jsonl")
-    message = value_error_from_load(path, "a malformed line 3")
-    assert "broken.jsonl" in message and "line 3" in message, (
-        f"the ValueError should name the file (broken.jsonl) and 'line 3', got: {message}"
+    message = value_error_from_load(path, msg("06.case_malformed_line"))
+    assert "broken.jsonl" in message and "line 3" in message, msg(
+        "06.malformed_line_named", message=message
     )
 
 
@@ -132,26 +132,25 @@ def test_missing_column_is_a_value_error_naming_the_column_and_line(tmp_path, co
     rows = [dict(row) for row in GOOD_ROWS]
     del rows[1][column]
     path = write_lines(tmp_path, [json.dumps(row, ensure_ascii=False) for row in rows])
-    message = value_error_from_load(path, f"line 2 without a {column} column")
+    message = value_error_from_load(path, msg("06.case_missing_column", column=column))
     # Naming the line (here "line 2") helps most, but the design asks for it only where known.
-    assert column in message and "quotes.jsonl" in message, (
-        f"the ValueError should name the missing column {column!r} and the file (and, best, "
-        f"'line 2'), got: {message}"
+    assert column in message and "quotes.jsonl" in message, msg(
+        "06.missing_column_named", column=column, message=message
     )
 
 
 def test_a_line_that_is_not_a_json_object_is_a_value_error(tmp_path):
     lines = good_lines()
-    lines[0] = '["Brevity is the soul of wit.", "William Shakespeare"]'
+    lines[0] = JSON_LIST_LINE
     path = write_lines(tmp_path, lines)
-    message = value_error_from_load(path, "line 1 holding a JSON list")
-    assert "quotes.jsonl" in message, f"the ValueError should name the file, got: {message}"
+    message = value_error_from_load(path, msg("06.case_json_list"))
+    assert "quotes.jsonl" in message, msg("06.json_list_file_named", message=message)
 
 
 def test_an_empty_file_is_a_value_error(tmp_path):
     path = write_lines(tmp_path, ["", "  "], name="empty.jsonl")
-    message = value_error_from_load(path, "a file with no rows")
-    assert "empty.jsonl" in message, f"the ValueError should name the file, got: {message}"
+    message = value_error_from_load(path, msg("06.case_empty_file"))
+    assert "empty.jsonl" in message, msg("06.empty_file_named", message=message)
 
 
 # ---------------------------------------------------------------- tokenize_quotes
@@ -164,7 +163,7 @@ def small_dataset():
     return Dataset.from_dict(
         {
             "quote": quotes,
-            "author": [f"Author number {i} of the kata" for i in range(len(quotes))],
+            "author": [FAKE_AUTHOR.format(i=i) for i in range(len(quotes))],
             "tags": [["tag"] for _ in quotes],
         }
     )
@@ -182,51 +181,43 @@ def eos_mistake(got, plain, eos, max_length=None):
     """Name the usual EOS mistake that turns `plain` (the tokenizer's ids) into `got`."""
     truncated = max_length is not None and len(plain) >= max_length
     if truncated and got == plain[:max_length] and plain[-1:] != [eos]:
-        return (
-            "EOS lost by truncation (or never appended): the row was cut to max_length with no "
-            "EOS last; keep the first max_length - 1 tokens, then EOS"
-        )
+        return msg("06.eos_cut_off_or_never_appended")
     if got == plain and plain[-1:] != [eos]:
-        return (
-            "EOS missing: the row ends without tokenizer.eos_token_id (OPT's tokenizer puts "
-            "</s> only in front); append it to every quote, or the model never learns to stop"
-        )
+        return msg("06.eos_missing")
     if len(got) >= 2 and got[-2:] == [eos, eos] and plain[-1:] == [eos]:
-        return (
-            "EOS appended twice: this tokenizer already ends each row with eos; append it only "
-            "when the row does not end with it"
-        )
+        return msg("06.eos_appended_twice")
     if max_length is not None and len(got) > max_length:
-        return (
-            f"the row has {len(got)} tokens, more than max_length={max_length}: is max_length "
-            "ignored, or EOS appended after truncating to max_length?"
-        )
+        return msg("06.row_longer_than_max_length", length=len(got), max_length=max_length)
     if max_length is not None and len(got) == max_length and got[-1:] != [eos]:
-        return (
-            "EOS lost by truncation: the row was cut to max_length after EOS was appended; keep "
-            "the first max_length - 1 tokens, then EOS"
-        )
-    return "each row should be tokenizer(quote)['input_ids'] plus one EOS, cut to max_length"
+        return msg("06.eos_cut_off_after_appending")
+    return msg("06.eos_rule")
 
 
 def check_rows(tokenized, dataset, tokenizer, max_length=None, where=""):
     """Every row is the rule applied to tokenizer(quote), with a mask of ones as long."""
     eos = tokenizer.eos_token_id
-    assert len(tokenized) == len(dataset), "one tokenized row per quote, in the same order"
+    assert len(tokenized) == len(dataset), msg("06.one_row_per_quote")
     for index, quote in enumerate(dataset["quote"]):
         plain = tokenizer(quote)["input_ids"]
         expected = with_one_eos(plain, eos, max_length)
         got = list(tokenized[index]["input_ids"])
         if got != expected:
             pytest.fail(
-                f"{where}row {index}: {eos_mistake(got, plain, eos, max_length)}. Expected "
-                f"{len(expected)} tokens ...{expected[-4:]}, got {len(got)} tokens ...{got[-4:]}"
-                + (" (tokenizing another column, such as author?)" if got[:3] != plain[:3] else "")
+                msg(
+                    "06.row_ids",
+                    where=where,
+                    index=index,
+                    why=eos_mistake(got, plain, eos, max_length),
+                    want_length=len(expected),
+                    want_end=expected[-4:],
+                    got_length=len(got),
+                    got_end=got[-4:],
+                    other_column=msg("06.another_column") if got[:3] != plain[:3] else "",
+                )
             )
         mask = list(tokenized[index]["attention_mask"])
-        assert mask == [1] * len(got), (
-            f"{where}row {index}: attention_mask should be {len(got)} ones (one per token, EOS "
-            f"included), got {mask}"
+        assert mask == [1] * len(got), msg(
+            "06.row_mask", where=where, index=index, length=len(got), mask=mask
         )
 
 
@@ -252,8 +243,8 @@ def eos_appending_tokenizer():
 def test_tokenize_adds_input_ids_and_attention_mask_from_the_quote_column():
     dataset, tokenizer = small_dataset(), quotes_tokenizer()
     tokenized = data.tokenize_quotes(dataset, tokenizer)
-    assert {"input_ids", "attention_mask"} <= set(tokenized.column_names), (
-        f"tokenize_quotes should add input_ids and attention_mask, got {tokenized.column_names}"
+    assert {"input_ids", "attention_mask"} <= set(tokenized.column_names), msg(
+        "06.tokenized_columns", columns=tokenized.column_names
     )
     check_rows(tokenized, dataset, tokenizer)
 
@@ -264,26 +255,29 @@ def test_every_quote_ends_with_exactly_one_eos():
     tokenized = data.tokenize_quotes(dataset, tokenizer)
     for index, ids in enumerate(tokenized["input_ids"]):
         plain = tokenizer(dataset[index]["quote"])["input_ids"]
-        assert ids[-1:] == [eos] and ids[-2:-1] != [eos], (
-            f"row {index} should end with one EOS ({eos}), it ends with {ids[-3:]}: "
-            f"{eos_mistake(ids, plain, eos)}"
+        assert ids[-1:] == [eos] and ids[-2:-1] != [eos], msg(
+            "06.ends_with_one_eos",
+            index=index,
+            eos=eos,
+            end=ids[-3:],
+            why=eos_mistake(ids, plain, eos),
         )
 
 
 def test_a_tokenizer_that_already_appends_eos_gets_no_second_one():
     dataset, tokenizer = small_dataset(), eos_appending_tokenizer()
-    assert tokenizer("Know thyself.")["input_ids"][-1] == EOS_ID, "test setup: no EOS appended"
+    assert tokenizer("Know thyself.")["input_ids"][-1] == EOS_ID, msg("06.setup_no_eos_appended")
     tokenized = data.tokenize_quotes(dataset, tokenizer)
-    check_rows(tokenized, dataset, tokenizer, where="with a tokenizer that appends EOS itself, ")
+    check_rows(tokenized, dataset, tokenizer, where=msg("06.where_tokenizer_appends_eos"))
 
 
 def test_tokenize_keeps_the_text_columns_and_the_row_order():
     dataset = small_dataset()
     tokenized = data.tokenize_quotes(dataset, quotes_tokenizer())
-    assert {"quote", "author", "tags"} <= set(tokenized.column_names), (
-        f"keep quote, author and tags (the collator ignores them), got {tokenized.column_names}"
+    assert {"quote", "author", "tags"} <= set(tokenized.column_names), msg(
+        "06.text_columns_kept", columns=tokenized.column_names
     )
-    assert tokenized["quote"] == dataset["quote"], "the rows must keep their order"
+    assert tokenized["quote"] == dataset["quote"], msg("06.row_order_kept")
 
 
 class RecordingTokenizer:
@@ -305,12 +299,10 @@ def test_tokenize_maps_in_batches_like_the_tutorial():
     dataset = small_dataset()
     recording = RecordingTokenizer(quotes_tokenizer())
     data.tokenize_quotes(dataset, recording)
-    assert recording.inputs, "tokenize_quotes never called the tokenizer it was given"
+    assert recording.inputs, msg("06.tokenizer_never_called")
     calls, kinds = len(recording.inputs), set(recording.inputs)
-    assert kinds == {"list"} and calls < len(dataset), (
-        f"the tokenizer should get lists of quotes (map(..., batched=True)), but it got "
-        f"{sorted(kinds)} — {calls} calls for "
-        f"{len(dataset)} quotes: mapping row by row is the tutorial's batched=True left out"
+    assert kinds == {"list"} and calls < len(dataset), msg(
+        "06.batched_map", kinds=sorted(kinds), calls=calls, quotes=len(dataset)
     )
 
 
@@ -319,10 +311,11 @@ def test_tokenize_truncates_to_max_length_only_when_given():
     full = data.tokenize_quotes(dataset, tokenizer)
     lengths = [len(ids) for ids in full["input_ids"]]
     cut = sorted(lengths)[len(lengths) // 2]  # about half the quotes are longer than this
-    assert max(lengths) > cut, "the test needs some quotes longer than the cut"
-    check_rows(full, dataset, tokenizer, where="without max_length (nothing is truncated), ")
+    assert max(lengths) > cut, msg("06.setup_quotes_longer_than_cut")
+    check_rows(full, dataset, tokenizer, where=msg("06.where_no_max_length"))
     truncated = data.tokenize_quotes(dataset, tokenizer, max_length=cut)
-    check_rows(truncated, dataset, tokenizer, max_length=cut, where=f"with max_length={cut}, ")
+    where = msg("06.where_max_length", cut=cut)
+    check_rows(truncated, dataset, tokenizer, max_length=cut, where=where)
 
 
 def test_truncation_keeps_eos_as_the_last_token():
@@ -332,14 +325,17 @@ def test_truncation_keeps_eos_as_the_last_token():
     eos = tokenizer.eos_token_id
     for index, ids in enumerate(truncated["input_ids"]):
         plain = tokenizer(dataset[index]["quote"])["input_ids"]
-        assert len(ids) <= cut and ids[-1:] == [eos], (
-            f"with max_length={cut}, row {index} should have at most {cut} tokens with EOS "
-            f"last, got {len(ids)} ending {ids[-3:]}: {eos_mistake(ids, plain, eos, cut)}"
+        assert len(ids) <= cut and ids[-1:] == [eos], msg(
+            "06.truncated_ends_with_eos",
+            cut=cut,
+            index=index,
+            length=len(ids),
+            end=ids[-3:],
+            why=eos_mistake(ids, plain, eos, cut),
         )
         mask_length = len(truncated[index]["attention_mask"])
-        assert mask_length == len(ids), (
-            f"row {index}: the attention_mask should be as long as input_ids ({len(ids)}), got "
-            f"{mask_length} (truncated input_ids but not the mask?)"
+        assert mask_length == len(ids), msg(
+            "06.truncated_mask_length", index=index, want=len(ids), got=mask_length
         )
 
 
@@ -360,41 +356,41 @@ def shifted_by(labels, input_ids, attention_mask, step):
 def diagnose(labels, input_ids, attention_mask, pad_id):
     """Name the usual mistake that produces these labels, if one does."""
     if (input_ids == -100).any():
-        return (
-            "input_ids contains -100: labels = input_ids without .clone(), then writing -100 "
-            "into labels, overwrote input_ids too"
-        )
+        return msg("06.labels_without_clone")
     if labels.shape == input_ids.shape and torch.equal(
         labels, input_ids.masked_fill(input_ids == pad_id, -100)
     ):
-        return "labels are masked by pad id; mask by attention_mask == 0 instead"
+        return msg("06.labels_masked_by_pad_id")
     if labels.shape[1] == input_ids.shape[1] - 1:
-        return "labels are shifted (one shorter); do not shift, the model shifts them itself"
+        return msg("06.labels_one_shorter")
     if shifted_by(labels, input_ids, attention_mask, 1):
-        return "labels are shifted left by one; do not shift, the model shifts them itself"
+        return msg("06.labels_shifted_left")
     if shifted_by(labels, input_ids, attention_mask, -1):
-        return "labels are shifted right by one; do not shift, the model shifts them itself"
+        return msg("06.labels_shifted_right")
     if labels.shape == input_ids.shape and torch.equal(labels, input_ids):
-        return "padding is not masked: labels must be -100 where attention_mask == 0"
-    return "labels must be input_ids with -100 where attention_mask == 0, unshifted"
+        return msg("06.padding_not_masked")
+    return msg("06.labels_rule")
 
 
 def check_batch(batch, sequences, pad_id):
     """Check the collated batch against the rule, with messages that name the mistake."""
-    assert set(batch) >= {"input_ids", "attention_mask", "labels"}, (
-        f"return input_ids, attention_mask and labels; got {sorted(batch)}"
+    assert set(batch) >= {"input_ids", "attention_mask", "labels"}, msg(
+        "06.batch_keys", keys=sorted(batch)
     )
     input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     if (input_ids == -100).any():
         pytest.fail(diagnose(labels, input_ids, mask, pad_id))
     width = max(len(s) for s in sequences)
     for name, tensor in batch.items():
-        assert tensor.dtype == torch.long, f"{name} should be torch.long, got {tensor.dtype}"
+        assert tensor.dtype == torch.long, msg("06.batch_dtype", name=name, dtype=tensor.dtype)
         if name == "labels" and tuple(tensor.shape) == (len(sequences), width - 1):
             pytest.fail(diagnose(labels, input_ids, mask, pad_id))
-        assert tuple(tensor.shape) == (len(sequences), width), (
-            f"{name} should have shape (batch, longest) = ({len(sequences)}, {width}), got "
-            f"{tuple(tensor.shape)}: pad to the longest sequence in this batch"
+        assert tuple(tensor.shape) == (len(sequences), width), msg(
+            "06.batch_shape",
+            name=name,
+            rows=len(sequences),
+            width=width,
+            got=tuple(tensor.shape),
         )
     for i, seq in enumerate(sequences):
         n = len(seq)
@@ -402,21 +398,31 @@ def check_batch(batch, sequences, pad_id):
         expected_row = list(seq) + [pad_id] * (width - n)
         if row != expected_row:
             left = [pad_id] * (width - n) + list(seq)
-            mistake = "left padding; pad on the right" if row == left else "wrong padding"
+            mistake = msg("06.left_padding") if row == left else msg("06.wrong_padding")
             pytest.fail(
-                f"{mistake}: input_ids[{i}] should be the sequence then pad ({pad_id}) up to "
-                f"length {width}: {expected_row}, got {row}"
+                msg(
+                    "06.padded_row",
+                    mistake=mistake,
+                    i=i,
+                    pad_id=pad_id,
+                    width=width,
+                    want=expected_row,
+                    got=row,
+                )
             )
         expected_mask = [1] * n + [0] * (width - n)
-        assert mask[i].tolist() == expected_mask, (
-            f"attention_mask[{i}] should be {n} ones then zeros: {expected_mask}, got "
-            f"{mask[i].tolist()} (padding must get 0)"
+        assert mask[i].tolist() == expected_mask, msg(
+            "06.padded_mask", i=i, n=n, want=expected_mask, got=mask[i].tolist()
         )
     expected_labels = input_ids.masked_fill(mask == 0, -100)
     if not torch.equal(labels, expected_labels):
         pytest.fail(
-            f"{diagnose(labels, input_ids, mask, pad_id)}: expected labels "
-            f"{expected_labels.tolist()}, got {labels.tolist()}"
+            msg(
+                "06.batch_labels",
+                why=diagnose(labels, input_ids, mask, pad_id),
+                want=expected_labels.tolist(),
+                got=labels.tolist(),
+            )
         )
 
 
@@ -436,10 +442,7 @@ def test_with_pad_equal_to_eos_a_real_eos_stays_a_label():
     sequences = [[0, 11, 12, 13, EOS_ID], [0, 21, EOS_ID]]
     batch = data.collate_for_causal_lm(features_of(sequences), pad_token_id=EOS_ID)
     check_batch(batch, sequences, EOS_ID)
-    assert batch["labels"][1, 2].item() == EOS_ID, (
-        "labels are masked by pad id: the real EOS of row 1 (attention_mask 1) was masked "
-        "because pad == eos; mask where attention_mask == 0, not where input_ids == pad"
-    )
+    assert batch["labels"][1, 2].item() == EOS_ID, msg("06.real_eos_masked")
 
 
 def test_labels_are_not_shifted_the_model_shifts_them():
@@ -447,9 +450,12 @@ def test_labels_are_not_shifted_the_model_shifts_them():
     batch = data.collate_for_causal_lm(features_of(sequences), pad_token_id=PAD_ID)
     if not torch.equal(batch["labels"], batch["input_ids"]):
         pytest.fail(
-            f"{diagnose(batch['labels'], batch['input_ids'], batch['attention_mask'], PAD_ID)}"
-            f": without padding labels equal input_ids {batch['input_ids'].tolist()}, got "
-            f"{batch['labels'].tolist()}"
+            msg(
+                "06.unpadded_labels",
+                why=diagnose(batch["labels"], batch["input_ids"], batch["attention_mask"], PAD_ID),
+                want=batch["input_ids"].tolist(),
+                got=batch["labels"].tolist(),
+            )
         )
 
 
@@ -470,14 +476,19 @@ def test_collate_equals_DataCollatorForLanguageModeling_when_pad_differs_from_eo
     ours = data.collate_for_causal_lm(features_of(sequences), pad_token_id=PAD_ID)
     theirs = DataCollatorForLanguageModeling(quotes_tokenizer(), mlm=False)(features_of(sequences))
     for name in ("input_ids", "attention_mask", "labels"):
-        assert ours[name].dtype == theirs[name].dtype, (
-            f"{name}: dtype {ours[name].dtype}, transformers' collator gives {theirs[name].dtype}"
+        assert ours[name].dtype == theirs[name].dtype, msg(
+            "06.collator_dtype", name=name, got=ours[name].dtype, want=theirs[name].dtype
         )
         if not torch.equal(ours[name], theirs[name]):
             hint = diagnose(ours["labels"], ours["input_ids"], ours["attention_mask"], PAD_ID)
             pytest.fail(
-                f"{name} differs from DataCollatorForLanguageModeling(mlm=False) ({hint}): "
-                f"expected {theirs[name].tolist()}, got {ours[name].tolist()}"
+                msg(
+                    "06.collator_differs",
+                    name=name,
+                    hint=hint,
+                    want=theirs[name].tolist(),
+                    got=ours[name].tolist(),
+                )
             )
 
 
@@ -485,9 +496,8 @@ def test_collate_ignores_the_text_columns_of_tokenized_rows():
     tokenizer = quotes_tokenizer()
     rows = [dict(row, **tokenizer(row["quote"])) for row in GOOD_ROWS]  # text columns kept
     batch = data.collate_for_causal_lm(rows, pad_token_id=tokenizer.pad_token_id)
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}, (
-        f"return exactly input_ids, attention_mask and labels (quote, author and tags cannot "
-        f"become tensors), got {sorted(batch)}"
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}, msg(
+        "06.only_tensor_keys", keys=sorted(batch)
     )
     check_batch(batch, [row["input_ids"] for row in rows], tokenizer.pad_token_id)
 
@@ -502,15 +512,24 @@ def test_every_training_row_ends_with_an_eos_that_is_a_label():
         lengths = batch["attention_mask"].sum(dim=1)
         for i, n in enumerate(lengths.tolist()):
             token, label = batch["input_ids"][i, n - 1].item(), batch["labels"][i, n - 1].item()
-            assert token == eos and label == eos, (
-                f"pad id {pad_id}: row {i}'s last real token should be EOS ({eos}) with label "
-                f"{eos}, got token {token} with label {label}"
-                + (
-                    ": "
-                    + diagnose(batch["labels"], batch["input_ids"], batch["attention_mask"], pad_id)
-                    if label != token
-                    else ""
+            why = (
+                msg(
+                    "06.last_token_why",
+                    why=diagnose(
+                        batch["labels"], batch["input_ids"], batch["attention_mask"], pad_id
+                    ),
                 )
+                if label != token
+                else ""
+            )
+            assert token == eos and label == eos, msg(
+                "06.last_token_is_eos_label",
+                pad_id=pad_id,
+                i=i,
+                eos=eos,
+                token=token,
+                label=label,
+                why=why,
             )
 
 
@@ -528,8 +547,6 @@ def test_the_models_loss_on_a_collated_batch_is_the_next_token_loss_over_real_to
     targets = batch["input_ids"][:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
     expected = torch.nn.functional.cross_entropy(logits, targets.reshape(-1), ignore_index=-100)
     # Same fp32 numbers in the same order, up to the reduction's rounding.
-    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5), (
-        f"the model's loss on your batch ({out.loss.item():.5f}) should be the next-token "
-        f"loss over real tokens ({expected.item():.5f}): are labels shifted, or is padding "
-        "left unmasked?"
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5), msg(
+        "06.model_loss", got=out.loss.item(), want=expected.item()
     )

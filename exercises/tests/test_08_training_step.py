@@ -17,6 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lora_kata.impl import implementation
+from lora_kata.messages import msg
+from lora_kata.raising import must_raise
 from lora_kata.testing_training import (
     RecordingSGD,
     changed_entries,
@@ -62,29 +64,22 @@ def schedule_mismatch(got, expected, step, kwargs):
     where = f"linear_warmup_lr({step}, {', '.join(f'{k}={v}' for k, v in kwargs.items())})"
     shifted = [s for s in (step - 1, step + 1) if 0 <= s < len(expected)]
     if any(got == pytest.approx(expected[s], rel=SCHEDULE_REL) for s in shifted):
-        return (
-            f"{where} = {got!r} is the lr of a neighbouring step, not of step {step} "
-            f"({expected[step]!r}): the schedule is off by one (step is 0-based; step 0 has lr 0)"
-        )
-    return f"{where} = {got!r}, but get_linear_schedule_with_warmup gives {expected[step]!r}"
+        return msg("08.schedule_off_by_one", where=where, got=got, step=step, want=expected[step])
+    return msg("08.schedule_differs", where=where, got=got, want=expected[step])
 
 
 def test_warmup_starts_at_zero_peaks_at_base_lr_and_decays_to_zero():
     kwargs = schedule_kwargs(warmup_steps=100, max_steps=200, base_lr=2e-4)  # the tutorial's
     got = train.linear_warmup_lr(0, **kwargs)
-    assert got == 0.0, (
-        f"linear_warmup_lr(0, ...) should be 0.0, got {got!r}: off by one? Step 0 is the first "
-        "optimizer step and warmup starts from lr 0 (transformers does the same)"
-    )
+    assert got == 0.0, msg("08.step_0_has_lr_0", got=got)
     for step, expected in [(50, 1e-4), (100, 2e-4), (150, 1e-4), (199, 2e-6), (200, 0.0)]:
         got = train.linear_warmup_lr(step, **kwargs)
-        assert got == pytest.approx(expected, rel=1e-9, abs=1e-20), (
-            f"linear_warmup_lr({step}, base_lr=2e-4, warmup_steps=100, max_steps=200) should be "
-            f"{expected}, got {got!r} (up over 100 warmup steps, then down to 0 at step 200)"
+        assert got == pytest.approx(expected, rel=1e-9, abs=1e-20), msg(
+            "08.tutorial_schedule", step=step, want=expected, got=got
         )
     for step in (201, 250, 1000):
         got = train.linear_warmup_lr(step, **kwargs)
-        assert got == 0.0, f"after max_steps the lr stays 0 (never negative), got {got!r}"
+        assert got == 0.0, msg("08.zero_after_max_steps", got=got)
 
 
 @given(
@@ -120,10 +115,8 @@ def test_edge_cases_match_transformers(warmup_steps, max_steps):
     expected = transformers_lrs(3e-4, warmup_steps, max_steps, max_steps + 6)
     for step in range(len(expected)):
         got = train.linear_warmup_lr(step, **kwargs)
-        assert got == pytest.approx(expected[step], rel=SCHEDULE_REL, abs=0), (
-            schedule_mismatch(got, expected, step, kwargs)
-            + " (denominators are max(1, ...): no division by zero when warmup_steps = 0 or "
-            "max_steps = warmup_steps)"
+        assert got == pytest.approx(expected[step], rel=SCHEDULE_REL, abs=0), msg(
+            "08.edge_case", mismatch=schedule_mismatch(got, expected, step, kwargs)
         )
 
 
@@ -140,9 +133,8 @@ def test_a_lambda_lr_built_on_it_is_the_transformers_scheduler():
     expected = transformers_lrs(lr, warmup_steps, max_steps, max_steps + 4)
     for step, want in enumerate(expected):
         got = optimizer.param_groups[0]["lr"]
-        assert got == pytest.approx(want, rel=SCHEDULE_REL, abs=0), (
-            f"LambdaLR(lambda s: linear_warmup_lr(s, base_lr=1, ...)) gives lr {got!r} at step "
-            f"{step}, transformers' scheduler {want!r}"
+        assert got == pytest.approx(want, rel=SCHEDULE_REL, abs=0), msg(
+            "08.lambda_lr", got=got, step=step, want=want
         )
         optimizer.step()
         scheduler.step()
@@ -160,7 +152,13 @@ def fresh_setup(seed=0, lr=0.0):
 
 def test_rejects_an_empty_list_of_micro_batches():
     model, optimizer = fresh_setup()
-    with pytest.raises(ValueError):
+    refused = msg(
+        "common.accepted_bad_input",
+        call="train_step(model, [], optimizer)",
+        expected="ValueError",
+        why=msg("08.no_micro_batches"),
+    )
+    with must_raise(ValueError, refused):
         train.train_step(model, [], optimizer)
 
 
@@ -172,16 +170,15 @@ def test_returns_the_mean_of_the_micro_batch_losses():
         losses = [reference(**batch).loss.item() for batch in micro_batches]
     expected = sum(losses) / len(losses)
     got = train.train_step(model, micro_batches, optimizer)
-    assert isinstance(got, float), (
-        f"train_step should return a Python float (loss.item()), got {type(got).__name__}"
-    )
+    assert isinstance(got, float), msg("08.returns_a_float", got_type=type(got).__name__)
     ratio = got / expected
     # The same fp32 forward passes: only summation order differs (~1e-7 relative).
-    assert got == pytest.approx(expected, rel=1e-5), (
-        f"train_step returned {got:.6g}, the mean of the 4 micro-batch losses is {expected:.6g} "
-        f"(ratio {ratio:.3g})"
-        + (": the losses were summed, not averaged" if abs(ratio - 4) < 0.01 else "")
-        + " — divide each micro-batch loss by len(micro_batches) and add them up"
+    assert got == pytest.approx(expected, rel=1e-5), msg(
+        "08.mean_loss",
+        got=got,
+        want=expected,
+        ratio=ratio,
+        summed=msg("08.losses_summed") if abs(ratio - 4) < 0.01 else "",
     )
 
 
@@ -198,16 +195,15 @@ def test_accumulated_gradients_equal_one_big_batch():
     (last_only(**micro_batches[-1]).loss / 4).backward()
 
     train.train_step(model, micro_batches, optimizer)
-    assert optimizer.steps == 1, (
-        f"train_step called optimizer.step() {optimizer.steps} times for 4 micro-batches: "
-        "exactly once, after all of them (not once per micro-batch)"
+    assert optimizer.steps == 1, msg(
+        "08.optimizer_steps_once", steps=optimizer.steps, micro_batches=4
     )
     got = optimizer.grads[0]
     expected = {n: p.grad for n, p in reference.named_parameters() if p.requires_grad}
     last = {n: p.grad for n, p in last_only.named_parameters() if p.requires_grad}
     for name, want in expected.items():
         have = got[name]
-        assert have is not None, f"{name} had no gradient at optimizer.step()"
+        assert have is not None, msg("08.no_gradient", name=name)
         # fp32 sums of the same terms in another order: ~1e-6 of the largest entry (measured
         # ≤ 8e-7 over 5 seeds); 1e-4 leaves room, a wrong factor or a lost micro-batch is ≥ 25%.
         tolerance = 1e-4 * want.abs().max().item()
@@ -217,23 +213,13 @@ def test_accumulated_gradients_equal_one_big_batch():
         if torch.allclose(have, last[name], rtol=0, atol=tolerance) or torch.allclose(
             have, 4 * last[name], rtol=0, atol=4 * tolerance
         ):
-            diagnosis = (
-                "gradients were zeroed between micro-batches: only the last one's gradient "
-                "reached the step. Zero them once, after optimizer.step()"
-            )
+            diagnosis = msg("08.zeroed_between_micro_batches")
         elif abs(ratio - 4) < 0.05:
-            diagnosis = (
-                "4× too large: the micro-batch losses were summed, not averaged "
-                "(divide each by len(micro_batches) before backward)"
-            )
+            diagnosis = msg("08.gradients_4x")
         else:
-            diagnosis = (
-                "were gradients zeroed between micro-batches, or the losses summed instead "
-                "of averaged?"
-            )
+            diagnosis = msg("08.zeroed_or_summed")
         pytest.fail(
-            f"the gradient at optimizer.step() is not the one-big-batch gradient for {name} "
-            f"(norm ratio {ratio:.3g}): {diagnosis}",
+            msg("08.one_big_batch_gradient", name=name, ratio=ratio, why=diagnosis),
             pytrace=False,
         )
 
@@ -242,19 +228,15 @@ def test_steps_the_optimizer_once_and_zeroes_the_gradients_after():
     model, optimizer = fresh_setup()
     micro_batches = [token_batch(2, 8, seed=s) for s in range(3)]
     train.train_step(model, micro_batches, optimizer)
-    assert optimizer.steps == 1, (
-        f"train_step called optimizer.step() {optimizer.steps} times for 3 micro-batches: "
-        "exactly once, after all of them (not once per micro-batch)"
+    assert optimizer.steps == 1, msg(
+        "08.optimizer_steps_once", steps=optimizer.steps, micro_batches=3
     )
     left = [
         n
         for n, p in model.named_parameters()
         if p.grad is not None and torch.count_nonzero(p.grad) > 0
     ]
-    assert not left, (
-        f"gradients were left in .grad after train_step ({left[:3]}...): call "
-        "optimizer.zero_grad() after the optimizer step, or the next step adds onto them"
-    )
+    assert not left, msg("08.gradients_left", left=left[:3])
 
 
 def test_steps_the_scheduler_once_per_train_step():
@@ -267,15 +249,16 @@ def test_steps_the_scheduler_once_per_train_step():
     for done in range(1, 4):
         train.train_step(model, micro_batches, optimizer, scheduler=scheduler)
         steps = scheduler.last_epoch
-        assert steps == done, (
-            f"after {done} train_step(s) the scheduler was stepped {steps} times: call "
-            "scheduler.step() once per train_step, after optimizer.step()"
-            + (" (never called)" if steps == 0 else "")
-            + (" (not once per micro-batch)" if steps > done else "")
-        )
+        if steps == 0:
+            note = msg("08.scheduler_never_called")
+        elif steps > done:
+            note = msg("08.scheduler_per_micro_batch")
+        else:
+            note = ""
+        assert steps == done, msg("08.scheduler_steps", done=done, steps=steps, note=note)
         lr = optimizer.param_groups[0]["lr"]
-        assert lr == pytest.approx(base_lr * 0.5**done), (
-            f"after {done} train_step(s) the lr is {lr}, expected {base_lr * 0.5**done}"
+        assert lr == pytest.approx(base_lr * 0.5**done), msg(
+            "08.scheduled_lr", done=done, lr=lr, want=base_lr * 0.5**done
         )
 
 
@@ -291,11 +274,7 @@ def test_uses_the_grad_scaler_and_steps_with_unscaled_gradients():
     plain = torch.optim.SGD([p for p in twin.parameters() if p.requires_grad], lr=0.1)
     train.train_step(model, micro_batches, with_scaler, scaler=scaler)
     train.train_step(twin, micro_batches, plain)
-    assert scaler.get_scale() == 2.0**11, (
-        f"the GradScaler's scale is {scaler.get_scale()}, not 2**11 after one good step: it "
-        "was not used. With a scaler: scaler.scale(loss).backward(), then "
-        "scaler.step(optimizer) and scaler.update()"
-    )
+    assert scaler.get_scale() == 2.0**11, msg("08.scaler_unused", scale=scaler.get_scale())
     start = dict(fresh_setup(seed=2)[0].named_parameters())
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -303,17 +282,14 @@ def test_uses_the_grad_scaler_and_steps_with_unscaled_gradients():
             # Scaling by 2**10 and back is exact in fp32: differences only from summation order.
             step, plain_step = (param - start[name]).norm(), (other - start[name]).norm()
             ratio = (step / plain_step).item() if plain_step > 0 else float("inf")
-            assert torch.allclose(param, other, rtol=1e-5, atol=1e-6), (
-                f"{name} after a step with a GradScaler differs from the same step without one "
-                f"(step sizes: with / without = {ratio:.3g}): "
-                + (
-                    "the two paths average differently: divide the loss by len(micro_batches) "
-                    "in both, with or without a scaler (is it summed, not averaged, in one?)"
-                    if abs(ratio * len(micro_batches) - 1) < 1e-3
-                    or abs(ratio - len(micro_batches)) < 1e-3
-                    else "step through scaler.step(optimizer), which unscales the gradients "
-                    "first (optimizer.step() would apply gradients 1024× too large)"
-                )
+            assert torch.allclose(param, other, rtol=1e-5, atol=1e-6), msg(
+                "08.scaler_step_differs",
+                name=name,
+                ratio=ratio,
+                why=msg("08.scaler_paths_average_differently")
+                if abs(ratio * len(micro_batches) - 1) < 1e-3
+                or abs(ratio - len(micro_batches)) < 1e-3
+                else msg("08.step_through_the_scaler"),
             )
 
 
@@ -323,17 +299,12 @@ def test_autocast_dtype_applies_to_the_forward_pass(dtype):
     seen = []
     model.lm_head.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
     loss = train.train_step(model, [token_batch(2, 8)], optimizer, autocast_dtype=dtype)
-    assert seen, "the model's forward pass never ran"
-    assert seen[-1] == dtype, (
-        f"with autocast_dtype={dtype} the forward pass ran in {seen[-1]}: run it inside "
-        "torch.autocast(device_type=<the model's device type>, dtype=autocast_dtype)"
-    )
-    assert isinstance(loss, float) and loss == loss, f"the loss should be a finite float: {loss}"
+    assert seen, msg("08.forward_never_ran")
+    assert seen[-1] == dtype, msg("08.autocast_dtype", dtype=dtype, got=seen[-1])
+    assert isinstance(loss, float) and loss == loss, msg("08.finite_loss", loss=loss)
     seen.clear()
     train.train_step(model, [token_batch(2, 8)], optimizer)
-    assert seen[-1] == torch.float32, (
-        f"with autocast_dtype=None the forward pass should be plain fp32, ran in {seen[-1]}"
-    )
+    assert seen[-1] == torch.float32, msg("08.no_autocast_is_fp32", got=seen[-1])
 
 
 # ---------------------------------------------------------------- train_step on 8-bit LoRA
@@ -376,23 +347,20 @@ def test_only_lora_weights_change_and_int8_weights_stay_bit_identical(tiny_opt_d
     optimizer = torch.optim.AdamW(trainable, lr=1e-2)
     micro_batches = quote_micro_batches(n_micro=2, rows=2)
     before = frozen_snapshot(model)
-    assert any(t.dtype == torch.int8 for t in before.values()), "setup: no int8 weight found"
+    assert any(t.dtype == torch.int8 for t in before.values()), msg("08.setup_no_int8_weight")
     names = set(lora_names(model))
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
     for _ in range(3):
         train.train_step(model, micro_batches, optimizer)
     changed = changed_entries(before, frozen_snapshot(model))
-    assert not changed, (
-        f"train_step changed {changed[:4]}{'...' if len(changed) > 4 else ''}, which must stay "
-        "bit-identical: only LoRA's A and B train (is the model cast, moved or re-quantised, "
-        "or the base unfrozen, inside train_step?)"
+    assert not changed, msg(
+        "08.frozen_weights_changed",
+        changed=changed[:4],
+        more="..." if len(changed) > 4 else "",
     )
     params = dict(model.named_parameters())
     still = [n for n, value in lora_before.items() if torch.equal(value, params[n])]
-    assert not still, (
-        f"{still[:3]} did not change in 3 training steps: are the LoRA weights cut off from "
-        "the loss (no backward, or no optimizer step)?"
-    )
+    assert not still, msg("08.lora_did_not_change", still=still[:3])
 
 
 # Measured with the reference (AdamW, lr 3e-2, 16 quotes in 4 micro-batches, r=8, α=16 on q_proj
@@ -410,7 +378,6 @@ def test_loss_falls_on_fixed_data(tiny_opt_dir):
     optimizer = torch.optim.AdamW(trainable, lr=3e-2)
     micro_batches = quote_micro_batches()
     losses = [train.train_step(model, micro_batches, optimizer) for _ in range(STEPS)]
-    assert losses[-1] < losses[0] - MIN_DROP, (
-        f"the loss did not fall on fixed data in {STEPS} steps: {[round(x, 3) for x in losses]} "
-        "(is the optimizer stepped, are the gradients kept until it steps?)"
+    assert losses[-1] < losses[0] - MIN_DROP, msg(
+        "08.loss_falls", steps=STEPS, losses=[round(x, 3) for x in losses]
     )
