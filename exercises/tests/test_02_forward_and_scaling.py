@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lora_kata.impl import implementation
+from lora_kata.messages import msg
 from lora_kata.testing import distinct_dims, seeded_linear, seeded_randn
 
 lora = implementation("lora")
@@ -51,35 +52,31 @@ def without_dropout(layer):
 
 @given(st.floats(0.25, 256, allow_nan=False), st.integers(1, 256))
 def test_scaling_is_alpha_over_r(alpha, r):
-    assert lora.lora_scaling(alpha, r) == pytest.approx(alpha / r, rel=1e-12), (
-        f"lora_scaling({alpha}, {r}) should be alpha / r = {alpha / r}"
+    assert lora.lora_scaling(alpha, r) == pytest.approx(alpha / r, rel=1e-12), msg(
+        "02.scaling_alpha_over_r", alpha=alpha, r=r, want=alpha / r
     )
 
 
 @given(st.floats(0.25, 256, allow_nan=False), st.integers(2, 256))
 def test_rslora_scaling_is_alpha_over_sqrt_r(alpha, r):
     got = lora.lora_scaling(alpha, r, rslora=True)
-    assert got == pytest.approx(alpha / math.sqrt(r), rel=1e-12), (
-        f"lora_scaling({alpha}, {r}, rslora=True) should be alpha / sqrt(r) = "
-        f"{alpha / math.sqrt(r):.6g}, got {got!r} (is rslora ignored?)"
+    assert got == pytest.approx(alpha / math.sqrt(r), rel=1e-12), msg(
+        "02.rslora_scaling", alpha=alpha, r=r, want=alpha / math.sqrt(r), got=got
     )
 
 
 def test_tutorial_scaling_is_two():
-    assert lora.lora_scaling(32, 16) == 2.0, "the tutorial's r=16, lora_alpha=32 give s = 2"
+    assert lora.lora_scaling(32, 16) == 2.0, msg("02.tutorial_scaling")
     got = lora.lora_scaling(32, 16, rslora=True)
-    assert got == 8.0, (
-        f"with rslora=True, r=16, lora_alpha=32 give s = 32 / √16 = 8.0, got {got!r} "
-        "(is rslora ignored?)"
-    )
+    assert got == 8.0, msg("02.tutorial_rslora_scaling", got=got)
 
 
 @given(distinct_dims(), st.floats(0.5, 64, allow_nan=False))
 def test_layer_scaling_is_alpha_over_r(dims, alpha):
     k, d, r = dims
     layer = lora.LoRALinear(torch.nn.Linear(k, d), r=r, alpha=alpha)
-    assert float(layer.scaling) == pytest.approx(alpha / r), (
-        f"layer.scaling should be alpha / r = {alpha / r:.6g}, got {layer.scaling!r}"
+    assert float(layer.scaling) == pytest.approx(alpha / r), msg(
+        "02.layer_scaling", want=alpha / r, got=layer.scaling
     )
 
 
@@ -91,9 +88,8 @@ def test_output_equals_the_base_output_exactly_at_init(dims):
     expected = base(x)
     layer = lora.LoRALinear(base, r=r, alpha=2 * r)
     got = layer(x)
-    assert torch.equal(got, expected), (
-        "a fresh LoRALinear must return exactly base(x): B = 0 makes the update zero "
-        f"(max difference {(got - expected).abs().max().item():.3g})"
+    assert torch.equal(got, expected), msg(
+        "02.output_is_base_at_init", diff=(got - expected).abs().max().item()
     )
 
 
@@ -102,20 +98,17 @@ def test_delta_weight_is_scaling_times_B_at_A_with_the_base_weight_shape(dims, a
     k, d, r = dims
     layer = randomised_layer(k, d, r, alpha)
     delta = layer.delta_weight()
-    assert tuple(delta.shape) == (d, k), (
-        f"delta_weight() should have base.weight's shape (out, in) = ({d}, {k}), got "
-        f"{tuple(delta.shape)} (is ΔW transposed: A·B or (B·A).T?)"
+    assert tuple(delta.shape) == (d, k), msg(
+        "02.delta_weight_shape", d=d, k=k, got=tuple(delta.shape)
     )
     scaling = float(layer.scaling)  # your lora_scaling: its value is checked above
     expected = scaling * (layer.lora_B.detach() @ layer.lora_A.detach())
     unscaled = torch.allclose(delta.detach(), expected / scaling, atol=ATOL)
-    assert torch.allclose(delta.detach(), expected, atol=ATOL * max(1.0, scaling)), (
-        "delta_weight() should be self.scaling · B @ A"
-        + (
-            ": it is B @ A unscaled (did you forget the scaling?)"
-            if unscaled
-            else " (did you forget the scaling, or multiply A @ B?)"
-        )
+    assert torch.allclose(delta.detach(), expected, atol=ATOL * max(1.0, scaling)), msg(
+        "02.delta_weight_value",
+        why=msg("02.delta_weight_unscaled")
+        if unscaled
+        else msg("02.delta_weight_unscaled_or_swapped"),
     )
 
 
@@ -125,21 +118,17 @@ def test_forward_adds_the_scaled_update_to_the_base_output(dims, alpha, batch_di
     layer = randomised_layer(k, d, r, alpha)
     x = seeded_randn(*([2] * batch_dims), k, seed=7)
     got = layer(x)
-    assert tuple(got.shape) == (*x.shape[:-1], d), (
-        f"forward maps (..., {k}) to (..., {d}); got {tuple(got.shape)} from {tuple(x.shape)}"
+    assert tuple(got.shape) == (*x.shape[:-1], d), msg(
+        "02.forward_shape", k=k, d=d, got=tuple(got.shape), x_shape=tuple(x.shape)
     )
     expected = layer.base(x) + reference_update(layer, x)
     scale = max(1.0, alpha / r)
     unscaled = layer.base(x) + reference_update(layer, x) / float(layer.scaling)
     missing = torch.allclose(got, unscaled, atol=ATOL * scale, rtol=1e-5)
-    assert torch.allclose(got, expected, atol=ATOL * scale, rtol=1e-5), (
-        "forward should be base(x) + self.scaling · x Aᵀ Bᵀ; max difference "
-        f"{(got - expected).abs().max().item():.3g}"
-        + (
-            ": the update is added unscaled (scaling missing in forward)"
-            if missing
-            else " (is the update unscaled, or transposed?)"
-        )
+    assert torch.allclose(got, expected, atol=ATOL * scale, rtol=1e-5), msg(
+        "02.forward_value",
+        diff=(got - expected).abs().max().item(),
+        why=msg("02.forward_unscaled") if missing else msg("02.forward_unscaled_or_transposed"),
     )
 
 
@@ -152,7 +141,7 @@ def test_forward_is_linear_in_the_update():
     with torch.no_grad():
         layer.lora_B.mul_(2)
     second = layer(x) - base_out
-    assert torch.allclose(second, 2 * first, atol=ATOL), "the update must be linear in B"
+    assert torch.allclose(second, 2 * first, atol=ATOL), msg("02.update_linear_in_B")
 
 
 def test_dropout_never_touches_the_base_path():
@@ -161,10 +150,7 @@ def test_dropout_never_touches_the_base_path():
     x = seeded_randn(64, 12, seed=5)
     torch.manual_seed(0)
     got = layer(x)  # B = 0: whatever dropout does to the update's input, the update is 0
-    assert torch.equal(got, layer.base(x)), (
-        "with B = 0 the output must be exactly base(x) even in training mode: dropout belongs "
-        "on the update's input only, not on the base path or on the output"
-    )
+    assert torch.equal(got, layer.base(x)), msg("02.dropout_not_on_base")
 
 
 def test_dropout_applies_to_the_updates_input_in_training():
@@ -183,23 +169,15 @@ def test_dropout_applies_to_the_updates_input_in_training():
         no_dropout = clean(x)
         torch.manual_seed(123)
         on_output = layer.base(x) + torch.nn.functional.dropout(no_dropout - layer.base(x), p=p)
-    assert not torch.allclose(no_dropout, layer.base(x), atol=1e-4), (
-        "with random A and B (and dropout off) forward returns base(x) alone: it adds no "
-        "update, so dropout cannot be judged (test_forward_adds_the_scaled_update_to_the_base_"
-        "output says what forward should add)"
+    assert not torch.allclose(no_dropout, layer.base(x), atol=1e-4), msg(
+        "02.forward_adds_no_update"
     )
-    assert not torch.allclose(got, no_dropout, atol=1e-4), (
-        "in training mode with dropout=0.5 the update should see dropout(x): is lora_dropout "
-        "never applied?"
-    )
-    assert torch.allclose(got, expected, atol=1e-4), (
-        "training output should be base(x) + s · B A dropout(x), using self.lora_dropout on the "
-        "update's input once"
-        + (
-            ": dropout is applied to the update's output instead"
-            if torch.allclose(got, on_output, atol=1e-4)
-            else " (not on the update's output, and not on the base path)"
-        )
+    assert not torch.allclose(got, no_dropout, atol=1e-4), msg("02.dropout_applied")
+    assert torch.allclose(got, expected, atol=1e-4), msg(
+        "02.dropout_on_the_input_once",
+        why=msg("02.dropout_on_the_update_output")
+        if torch.allclose(got, on_output, atol=1e-4)
+        else msg("02.dropout_not_on_output_or_base"),
     )
 
 
@@ -208,10 +186,7 @@ def test_no_dropout_in_eval_mode():
     layer.eval()
     x = seeded_randn(16, 12, seed=5)
     expected = without_dropout(layer)(x)  # your own forward, with nothing dropped
-    assert torch.allclose(layer(x), expected, atol=ATOL), (
-        "in eval mode dropout must do nothing: use the nn.Dropout module (self.lora_dropout), "
-        "which follows .train()/.eval(), not a dropout call with training=True"
-    )
+    assert torch.allclose(layer(x), expected, atol=ATOL), msg("02.no_dropout_in_eval")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -222,16 +197,11 @@ def test_output_keeps_the_base_dtype_and_adapters_stay_fp32(dtype):
         layer.lora_B.copy_(seeded_randn(6, 2, seed=3))
     x = seeded_randn(3, 8, seed=4).to(dtype)
     out = layer(x)
-    assert out.dtype == dtype, (
-        f"forward on a {dtype} base with {dtype} input should return {dtype}, got {out.dtype}: "
-        "cast the update back to base(x)'s dtype"
-    )
+    assert out.dtype == dtype, msg("02.output_dtype", dtype=dtype, got=out.dtype)
     # Your own forward on an fp32 copy: only the precision may differ, not the maths.
     expected = copy.deepcopy(layer).float()(x.float())
-    assert torch.allclose(out.float(), expected, atol=0.05, rtol=0.02), (
-        f"on a {dtype} base the output should match the same layer in fp32 to {dtype} "
-        f"rounding; max difference {(out.float() - expected).abs().max().item():.3g} (is the "
-        "update computed in low precision, or lost in the cast?)"
+    assert torch.allclose(out.float(), expected, atol=0.05, rtol=0.02), msg(
+        "02.output_matches_fp32", dtype=dtype, diff=(out.float() - expected).abs().max().item()
     )
 
 
@@ -239,24 +209,16 @@ def test_gradients_reach_B_only_at_init_and_never_the_base():
     layer = lora.LoRALinear(seeded_linear(10, 4), r=3, alpha=6)
     x = seeded_randn(8, 10, seed=2)
     out = layer(x)
-    assert out.requires_grad, (
-        "the output does not require grad: the update is cut off from autograd "
-        "(torch.no_grad, .detach() or .data in forward?)"
-    )
+    assert out.requires_grad, msg("02.output_requires_grad")
     out.pow(2).sum().backward()
-    assert layer.base.weight.grad is None, "the frozen base weight must get no gradient"
+    assert layer.base.weight.grad is None, msg("02.base_gets_no_gradient")
     grad = layer.lora_B.grad
-    assert grad is not None and grad.abs().sum() > 0, (
-        "at init B must get a gradient (A is random): "
-        + (
-            "is the update cut off from autograd (torch.no_grad, .detach(), .data)?"
-            if grad is None
-            else "B's gradient is all zeros, so B never enters the output as s · x Aᵀ Bᵀ "
-            "(is the update multiplied away, or built from other tensors?)"
-        )
+    assert grad is not None and grad.abs().sum() > 0, msg(
+        "02.B_gets_a_gradient",
+        why=msg("02.B_cut_off_from_autograd") if grad is None else msg("02.B_gradient_zero"),
     )
-    assert layer.lora_A.grad is None or torch.count_nonzero(layer.lora_A.grad) == 0, (
-        "at init A's gradient is Bᵀ·(…) = 0, since B = 0"
+    assert layer.lora_A.grad is None or torch.count_nonzero(layer.lora_A.grad) == 0, msg(
+        "02.A_gradient_zero_at_init"
     )
 
 
@@ -283,8 +245,9 @@ def test_matches_peft_lora_linear_on_the_same_weights(rslora):
         got = ours.base(x) + scaling * (x @ ours.lora_A.T @ ours.lora_B.T)
     else:
         got = ours(x)
-    assert torch.allclose(got, expected, atol=ATOL), (
-        f"output differs from peft's LoRA Linear (rslora={rslora}) holding the same weights, by "
-        f"up to {(got - expected).abs().max().item():.3g}: peft computes base(x) + "
-        f"{expected_scaling(alpha, r, rslora):g} · x Aᵀ Bᵀ (check the scaling and the forward)"
+    assert torch.allclose(got, expected, atol=ATOL), msg(
+        "02.matches_peft",
+        rslora=rslora,
+        diff=(got - expected).abs().max().item(),
+        scaling=expected_scaling(alpha, r, rslora),
     )
