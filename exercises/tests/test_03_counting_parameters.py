@@ -9,7 +9,7 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -158,7 +158,10 @@ def test_reproduces_the_tutorials_opt_6_7b_line(opt_6_7b):
     )
 
 
+# The explicit example runs first: at (5, 7, 3) the usual mistakes give different numbers
+# (r·in·out 105, 2·r·max 42), so the message can name which one it is.
 @given(distinct_dims(max_features=4096, max_rank=64))
+@example((5, 7, 3))
 def test_lora_parameter_count_is_r_times_in_plus_out(dims):
     k, d, r = dims
     got = counting.lora_parameter_count(k, d, r)
@@ -169,7 +172,8 @@ def test_lora_parameter_count_is_r_times_in_plus_out(dims):
         r=r,
         want=r * (k + d),
         got=got,
-        why=msg("03.lora_count_full_delta") if got == r * k * d else "",
+        # With min(k, d) <= 2, r·in·out can equal another mistake (2·r·max): say nothing then.
+        why=msg("03.lora_count_full_delta") if got == r * k * d and min(k, d) > 2 else "",
     )
     assert type(got) is int, msg("03.lora_count_is_int", got_type=type(got).__name__, got=got)
 
