@@ -83,7 +83,8 @@ def cmd_hint(args: argparse.Namespace) -> int:
     if step.get("id") == exercise.id and step.get("test") and level == 1:
         specific = exercise.hint_for_test(step["test"], lang)
         if specific:
-            print(f"\n{step['test']}: {specific}")
+            name = test_title(step["id"], step["test"], lang) or step["test"]
+            print(f"\n{name}{'：' if lang == 'zh' else ': '}{specific}")
     print()
     if level < len(exercise.hints):
         print(f"{label('more hints', lang)}lora-kata hint {exercise.id} --level {level + 1}")
