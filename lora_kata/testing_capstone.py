@@ -17,6 +17,7 @@ from pathlib import Path
 from lora_kata import REPO_ROOT
 from lora_kata.capstone.models import input_device, load_prepared
 from lora_kata.capstone.settings import LORA_SETTINGS
+from lora_kata.messages import msg
 
 # Where the GPU test leaves its metrics and loss plot (CI uploads it as an artifact).
 ARTIFACTS = Path(os.environ.get("LORA_KATA_ARTIFACTS", REPO_ROOT / ".lora_kata" / "capstone"))
@@ -28,20 +29,23 @@ def gpu_skip_reason() -> str | None:
 
     if not torch.cuda.is_available():
         if torch.version.cuda is None:
-            return f"no CUDA GPU: torch {torch.__version__} was built without CUDA"
-        return (
-            f"no CUDA GPU: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no device "
-            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})"
+            return msg("10.no_cuda_torch_built_without", torch=torch.__version__)
+        return msg(
+            "10.no_cuda_device_seen",
+            torch=torch.__version__,
+            cuda=torch.version.cuda,
+            visible=os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
         )
     try:
         import bitsandbytes
         from bitsandbytes import cextension
     except ImportError as error:
-        return f"bitsandbytes is not importable: {error}"
+        return msg("10.bitsandbytes_not_importable", error=error)
     if not getattr(cextension.lib, "compiled_with_cuda", False):
-        return (
-            f"bitsandbytes {bitsandbytes.__version__} has no CUDA support loaded "
-            f"({type(cextension.lib).__name__}); run `python -m bitsandbytes` to see why"
+        return msg(
+            "10.bitsandbytes_without_cuda",
+            version=bitsandbytes.__version__,
+            lib=type(cextension.lib).__name__,
         )
     return None
 

@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from lora_kata.impl import implementation, load
+from lora_kata.messages import msg
+from lora_kata.raising import must_raise
 from lora_kata.testing_training import (
     UNPICKLED,
     PickleBomb,
@@ -30,6 +32,9 @@ inject = implementation("inject")
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."
+# What the failing writers of test_a_failed_save_leaves_the_previous_adapter_intact raise.
+DISK_FULL = "simulated: disk full"
+OUT_OF_MEMORY = "simulated: out of memory"
 
 
 def fresh_base(seed=0, **overrides):
@@ -83,30 +88,24 @@ def test_config_holds_the_settings_peft_needs(tmp_path):
     # Optional keys: if written, they must say what peft expects of a plain causal-LM LoRA.
     optional = {"task_type": "CAUSAL_LM", "fan_in_fan_out": False, "inference_mode": True}
     for key, value in wanted.items():
-        assert key in saved, (
-            f"adapter_config.json lacks {key!r}"
-            + (
-                ": without lora_alpha peft falls back to its default (8) and scales the update "
-                "by the wrong α/r"
-                if key == "lora_alpha"
-                else ""
-            )
-            + f" (found keys {sorted(saved)})"
+        assert key in saved, msg(
+            "09.config_lacks_key",
+            key=key,
+            why=msg("09.lora_alpha_default") if key == "lora_alpha" else "",
+            found=sorted(saved),
         )
-        assert saved[key] == value, (
-            f"adapter_config.json has {key}={saved[key]!r}, expected {value!r}"
-        )
+        assert saved[key] == value, msg("09.config_value", key=key, got=saved[key], want=value)
     for key, value in optional.items():
         if key in saved and key != "inference_mode":  # peft's own LoraConfig writes False
-            assert saved[key] == value, f"adapter_config.json has {key}={saved[key]!r}"
-    assert isinstance(saved.get("target_modules"), list), (
-        f"target_modules should be saved as a JSON list, got {saved.get('target_modules')!r}"
+            assert saved[key] == value, msg("09.config_optional_value", key=key, got=saved[key])
+    assert isinstance(saved.get("target_modules"), list), msg(
+        "09.target_modules_list", got=saved.get("target_modules")
     )
-    assert sorted(saved["target_modules"]) == ["q_proj", "v_proj"], (
-        f"target_modules should be ['q_proj', 'v_proj'], got {saved['target_modules']!r}"
+    assert sorted(saved["target_modules"]) == ["q_proj", "v_proj"], msg(
+        "09.target_modules_value", got=saved["target_modules"]
     )
     for flag in ("use_rslora", "use_dora"):
-        assert not saved.get(flag), f"{flag} must be false (our layer does plain LoRA, α/r)"
+        assert not saved.get(flag), msg("09.plain_lora_flag", flag=flag)
 
 
 def test_base_model_name_defaults_to_where_the_model_came_from(tmp_path):
@@ -114,10 +113,7 @@ def test_base_model_name_defaults_to_where_the_model_came_from(tmp_path):
     model.config._name_or_path = "facebook/opt-6.7b"  # what from_pretrained records
     adapter.save_adapter(model, tmp_path, config)
     saved = read_config(tmp_path).get("base_model_name_or_path")
-    assert saved == "facebook/opt-6.7b", (
-        "without base_model_name_or_path, save_adapter should record the model's own "
-        f"model.config._name_or_path ('facebook/opt-6.7b', as peft does), got {saved!r}"
-    )
+    assert saved == "facebook/opt-6.7b", msg("09.base_model_name_default", got=saved)
 
 
 def test_weights_are_saved_under_peft_keys(tmp_path):
@@ -127,27 +123,21 @@ def test_weights_are_saved_under_peft_keys(tmp_path):
     want = expected_keys(model)
     keys = sorted(tensors)
     with_name = [k for k in keys if ".default" in k]
-    assert not with_name, (
-        f"saved keys contain the adapter name '.default.' (e.g. {with_name[0]}): peft's files "
-        "never do — peft adds 'default' back when loading, so PeftModel would find none of them"
-    )
+    assert not with_name, msg("09.adapter_name_in_keys", example=with_name[0])
     unprefixed = [k for k in keys if not k.startswith(PREFIX)]
-    assert not unprefixed, (
-        f"saved keys lack the 'base_model.model.' prefix (e.g. {unprefixed[0]}): inside a "
-        "PeftModel the base model sits at .base_model.model, so peft's keys read "
-        "'base_model.model.<module>.lora_A.weight'"
-    )
-    assert set(keys) == want, (
-        f"saved keys should be {sorted(want)[:2]}..., one lora_A.weight and one lora_B.weight "
-        f"per LoRA layer; got {keys[:2]}... (missing {sorted(want - set(keys))[:2]}, "
-        f"unexpected {sorted(set(keys) - want)[:2]})"
+    assert not unprefixed, msg("09.keys_lack_prefix", example=unprefixed[0])
+    assert set(keys) == want, msg(
+        "09.saved_keys",
+        want=sorted(want)[:2],
+        got=keys[:2],
+        missing=sorted(want - set(keys))[:2],
+        unexpected=sorted(set(keys) - want)[:2],
     )
     params = dict(model.named_parameters())
     for key, tensor in tensors.items():
         param = params[key.removeprefix(PREFIX).removesuffix(".weight")]
-        assert tensor.dtype == torch.float32 and torch.equal(tensor, param.detach()), (
-            f"{key} should hold exactly the model's {key.split('.')[-2]} (fp32), it does not "
-            "(A and B swapped?)"
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, param.detach()), msg(
+            "09.saved_tensor", key=key, matrix=key.split(".")[-2]
         )
 
 
@@ -156,23 +146,25 @@ def test_a_regex_target_modules_is_saved_as_that_string(tmp_path):
     model, config = tiny_lora_opt(target_modules=pattern)
     adapter.save_adapter(model, tmp_path, config)
     saved = read_config(tmp_path)["target_modules"]
-    assert saved == pattern, (
-        f"a regex target_modules must be saved unchanged, as a string: {pattern!r}, got {saved!r}"
-    )
+    assert saved == pattern, msg("09.regex_target_modules", pattern=pattern, got=saved)
 
 
 def test_save_creates_the_directory(tmp_path):
     model, config = tiny_lora_opt()
     directory = tmp_path / "runs" / "quotes-adapter"
     adapter.save_adapter(model, directory, config)
-    assert (directory / CONFIG).is_file() and (directory / WEIGHTS).is_file(), (
-        f"save_adapter should create {directory} (and its parents) and write {CONFIG} and "
-        f"{WEIGHTS} in it; found {sorted(p.name for p in directory.glob('*'))}"
+    assert (directory / CONFIG).is_file() and (directory / WEIGHTS).is_file(), msg(
+        "09.save_creates_directory",
+        directory=directory,
+        config=CONFIG,
+        weights=WEIGHTS,
+        found=sorted(p.name for p in directory.glob("*")),
     )
 
 
-@pytest.mark.skipif(os.name == "nt", reason="Windows has no Unix file modes or umask")
 def test_saved_files_honour_the_umask(tmp_path):
+    if os.name == "nt":
+        pytest.skip(msg("09.no_umask_on_windows"))
     model, config = tiny_lora_opt()
     for umask in (0o022, 0o077):
         directory = tmp_path / f"umask-{umask:03o}"
@@ -184,15 +176,13 @@ def test_saved_files_honour_the_umask(tmp_path):
         expected = 0o666 & ~umask
         for name in (CONFIG, WEIGHTS):
             mode = stat.S_IMODE((directory / name).stat().st_mode)
-            assert mode == expected, (
-                f"under umask {umask:03o} {name} should have mode {expected:03o}, like any new "
-                f"file, found {mode:03o}"
-                + (
-                    " (mkstemp's private 0600: write through _write_files_atomically, which sets "
-                    "the mode)"
-                    if mode == 0o600
-                    else ""
-                )
+            assert mode == expected, msg(
+                "09.umask_mode",
+                umask=umask,
+                name=name,
+                expected=expected,
+                mode=mode,
+                why=msg("09.mkstemp_private_mode") if mode == 0o600 else "",
             )
 
 
@@ -200,19 +190,19 @@ def test_round_trip_restores_the_weights_and_the_logits(tmp_path):
     model, config = tiny_lora_opt(seed=0, r=4, lora_alpha=16)
     adapter.save_adapter(model, tmp_path, config)
     loaded = adapter.load_adapter(fresh_base(seed=0), tmp_path)
-    assert loaded is not None, "load_adapter should return the model"
-    assert set(lora_names(loaded)) == set(lora_names(model)), (
-        f"load_adapter should inject LoRA where the config says: {sorted(lora_names(model))[:2]}"
-        f"..., got {sorted(lora_names(loaded))[:2]}..."
+    assert loaded is not None, msg("09.load_returns_model")
+    assert set(lora_names(loaded)) == set(lora_names(model)), msg(
+        "09.loaded_lora_where_config_says",
+        want=sorted(lora_names(model))[:2],
+        got=sorted(lora_names(loaded))[:2],
     )
     mine, theirs = dict(model.named_parameters()), dict(loaded.named_parameters())
     for name in lora_names(model):
-        assert torch.equal(mine[name], theirs[name]), f"{name} did not survive save and load"
+        assert torch.equal(mine[name], theirs[name]), msg("09.tensor_survives", name=name)
     expected, got = logits(model), logits(loaded)
     # The same weights through the same code: bit-identical.
-    assert torch.equal(got, expected), (
-        "the reloaded model's logits differ from the saved model's (max difference "
-        f"{(got - expected).abs().max().item():.3g}): is r or lora_alpha read back wrongly?"
+    assert torch.equal(got, expected), msg(
+        "09.round_trip_logits", diff=(got - expected).abs().max().item()
     )
 
 
@@ -224,15 +214,14 @@ def test_peft_loads_our_adapter_with_identical_logits(tmp_path):
     peft_model = PeftModel.from_pretrained(fresh_base(seed=0), str(tmp_path))
     expected, got = logits(model), logits(peft_model)
     plain = logits(fresh_base(seed=0))
-    assert not torch.allclose(expected, plain, atol=1e-3), "the adapter should change the logits"
+    assert not torch.allclose(expected, plain, atol=1e-3), msg("09.adapter_changes_logits")
     # peft computes the same base(x) + (α/r)·B·A·x; measured bit-identical, but a different
     # (equally valid) operation order in exercise 02's forward may move the last bits: 1e-5
     # absolute on logits of order 1; the adapter itself moves them by > 1e-3 (checked above).
-    assert torch.allclose(got, expected, rtol=0, atol=1e-5), (
-        "PeftModel.from_pretrained on our files gives logits that differ from ours by "
-        f"{(got - expected).abs().max().item():.3g} (no adapter at all differs by "
-        f"{(plain - expected).abs().max().item():.3g}): peft loaded nothing or something else. "
-        "Check the keys (base_model.model.<module>.lora_A.weight) and r / lora_alpha"
+    assert torch.allclose(got, expected, rtol=0, atol=1e-5), msg(
+        "09.peft_loads_ours",
+        diff=(got - expected).abs().max().item(),
+        plain=(plain - expected).abs().max().item(),
     )
 
 
@@ -255,16 +244,12 @@ def test_load_adapter_reads_a_peft_saved_adapter_with_identical_logits(tmp_path)
     expected = logits(peft_model)
     loaded = adapter.load_adapter(fresh_base(seed=0), tmp_path)
     got = logits(loaded)
-    assert not torch.allclose(expected, logits(fresh_base(seed=0)), atol=1e-3), (
-        "the randomised peft adapter should change the logits (a test setup check): if this "
-        "fails, the comparison below would prove nothing"
+    assert not torch.allclose(expected, logits(fresh_base(seed=0)), atol=1e-3), msg(
+        "09.peft_adapter_changes_logits"
     )
     # Same maths as above, the other way round.
-    assert torch.allclose(got, expected, rtol=0, atol=1e-5), (
-        "load_adapter on peft's own files gives logits that differ from peft's by "
-        f"{(got - expected).abs().max().item():.3g}: read r, lora_alpha and target_modules "
-        "from adapter_config.json and put each base_model.model.<module>.lora_A.weight into "
-        "<module>.lora_A"
+    assert torch.allclose(got, expected, rtol=0, atol=1e-5), msg(
+        "09.loads_peft_files", diff=(got - expected).abs().max().item()
     )
 
 
@@ -287,15 +272,9 @@ def test_a_missing_key_is_an_error_not_a_warning(tmp_path):
     try:
         adapter.load_adapter(base, tmp_path)
     except ValueError as error:
-        assert dropped in str(error), (
-            f"the ValueError should name the missing key {dropped}, it says: {error}"
-        )
+        assert dropped in str(error), msg("09.missing_key_named", key=dropped, error=error)
     else:
-        pytest.fail(
-            f"load_adapter accepted a file without {dropped}: missing keys must raise a "
-            "ValueError naming them (peft only warns, and that layer silently keeps B = 0)",
-            pytrace=False,
-        )
+        pytest.fail(msg("09.missing_key_accepted", key=dropped), pytrace=False)
 
 
 def test_an_unexpected_key_is_an_error(tmp_path):
@@ -305,11 +284,9 @@ def test_an_unexpected_key_is_an_error(tmp_path):
     extra = f"{PREFIX}model.decoder.layers.0.self_attn.k_proj.lora_A.weight"
     tensors[extra] = torch.zeros(4, 32)
     write_weights(tmp_path, tensors)
-    with pytest.raises(ValueError) as raised:
+    with must_raise(ValueError, msg("09.unexpected_key_accepted", key=extra)) as raised:
         adapter.load_adapter(fresh_base(), tmp_path)
-    assert extra in str(raised.value), (
-        f"the ValueError should name the unexpected key {extra}, it says: {raised.value}"
-    )
+    assert extra in str(raised.value), msg("09.unexpected_key_named", key=extra, error=raised.value)
 
 
 def test_a_shape_mismatch_is_an_error_and_leaves_the_model_untouched(tmp_path):
@@ -317,13 +294,11 @@ def test_a_shape_mismatch_is_an_error_and_leaves_the_model_untouched(tmp_path):
     adapter.save_adapter(model, tmp_path, config)
     other = fresh_base(hidden_size=40, word_embed_proj_dim=40)  # same names, other shapes
     before = {k: v.clone() for k, v in other.state_dict().items()}
-    with pytest.raises(ValueError) as raised:
+    with must_raise(ValueError, msg("09.shape_mismatch_accepted")) as raised:
         adapter.load_adapter(other, tmp_path)
-    assert "shape" in str(raised.value).lower(), (
-        f"the ValueError should say which shapes do not match, it says: {raised.value}"
-    )
-    assert not lora_names(other) and set(other.state_dict()) == set(before), (
-        "a failed load must leave the model as it was: check keys and shapes before injecting"
+    assert "shape" in str(raised.value).lower(), msg("09.shapes_named", error=raised.value)
+    assert not lora_names(other) and set(other.state_dict()) == set(before), msg(
+        "09.failed_load_leaves_model"
     )
 
 
@@ -340,14 +315,12 @@ def test_an_rslora_adapter_is_refused_or_loaded_as_peft_would(tmp_path):
     try:
         loaded = adapter.load_adapter(fresh_base(seed=0), tmp_path)
     except ValueError as error:
-        assert "use_rslora" in str(error), f"name use_rslora in the refusal; got: {error}"
+        assert "use_rslora" in str(error), msg("09.rslora_refusal_named", error=error)
         return
     expected = logits(PeftModel.from_pretrained(fresh_base(seed=0), str(tmp_path)))
     got = logits(loaded)
-    assert torch.allclose(got, expected, rtol=0, atol=1e-5), (
-        "an adapter saved with use_rslora=True was loaded with the wrong scaling (logits differ "
-        f"from peft's by {(got - expected).abs().max().item():.3g}): honour use_rslora "
-        "(α/√r) or refuse it with a ValueError naming use_rslora"
+    assert torch.allclose(got, expected, rtol=0, atol=1e-5), msg(
+        "09.rslora_scaling", diff=(got - expected).abs().max().item()
     )
 
 
@@ -356,15 +329,12 @@ def test_nothing_is_ever_unpickled(tmp_path, monkeypatch):
     adapter.save_adapter(model, tmp_path, config)
 
     def refuse(*args, **kwargs):
-        raise AssertionError(
-            "load_adapter unpickled something (torch.load / pickle): read "
-            "adapter_model.safetensors with safetensors.torch.load_file instead"
-        )
+        raise AssertionError(msg("09.unpickled_something"))
 
     for module, name in [(torch, "load"), (pickle, "load"), (pickle, "loads")]:
         monkeypatch.setattr(module, name, refuse)
     loaded = adapter.load_adapter(fresh_base(), tmp_path)
-    assert lora_names(loaded), "load_adapter should have injected LoRA"
+    assert lora_names(loaded), msg("09.injected_lora")
 
 
 def test_refuses_a_pickle_only_adapter(tmp_path):
@@ -373,11 +343,11 @@ def test_refuses_a_pickle_only_adapter(tmp_path):
     (tmp_path / WEIGHTS).unlink()
     (tmp_path / "adapter_model.bin").write_bytes(pickle.dumps(PickleBomb()))
     UNPICKLED.clear()
-    with pytest.raises(Exception) as raised:
+    with must_raise(Exception, msg("09.pickle_only_accepted")) as raised:
         adapter.load_adapter(fresh_base(), tmp_path)
-    assert not UNPICKLED, "load_adapter unpickled adapter_model.bin: it must never do that"
+    assert not UNPICKLED, msg("09.unpickled_bin")
     # Best: a ValueError saying adapter_model.bin is a pickle and only safetensors is read.
-    assert str(raised.value), "the error should say what is missing or refused"
+    assert str(raised.value), msg("09.error_says_why")
 
 
 def test_a_failed_save_leaves_the_previous_adapter_intact(tmp_path, monkeypatch):
@@ -390,10 +360,10 @@ def test_a_failed_save_leaves_the_previous_adapter_intact(tmp_path, monkeypatch)
     def fail_midway(tensors, filename, *args, **kwargs):
         with open(filename, "wb") as handle:
             handle.write(b"half a file")  # a crash or a full disk, halfway through
-        raise OSError("simulated: disk full")
+        raise OSError(DISK_FULL)
 
     def fail_to_serialise(*args, **kwargs):
-        raise OSError("simulated: out of memory")
+        raise OSError(OUT_OF_MEMORY)
 
     import safetensors.torch
 
@@ -403,13 +373,11 @@ def test_a_failed_save_leaves_the_previous_adapter_intact(tmp_path, monkeypatch)
         monkeypatch.setattr(safetensors.torch, name, failure)
         if getattr(module, name, None) is original:
             monkeypatch.setattr(module, name, failure)
-    with pytest.raises(OSError, match="simulated"):
+    with must_raise(OSError, msg("09.failed_save_swallowed")) as raised:
         adapter.save_adapter(second, tmp_path, config, base_model_name_or_path="second")
+    assert "simulated" in str(raised.value), msg("09.failed_save_other_error", error=raised.value)
     now = {name: (tmp_path / name).read_bytes() for name in (CONFIG, WEIGHTS)}
     spoilt = [name for name in old if now[name] != old[name]]
-    assert not spoilt, (
-        f"a save that failed midway changed {spoilt}: the previous adapter is lost. Write to "
-        "temporary files in the same folder and os.replace them only when all are written"
-    )
+    assert not spoilt, msg("09.failed_save_spoilt", spoilt=spoilt)
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name not in old)
-    assert not leftovers, f"a failed save left temporary files behind: {leftovers}"
+    assert not leftovers, msg("09.failed_save_leftovers", leftovers=leftovers)

@@ -25,6 +25,7 @@ import torch
 from lora_kata import cli_finetune as cli
 from lora_kata import testing_capstone as cap
 from lora_kata.impl import current, implementation
+from lora_kata.messages import msg
 
 finetune = implementation("finetune")
 adapter = implementation("adapter")
@@ -33,6 +34,8 @@ inject = implementation("inject")
 PIECES = SimpleNamespace(int8=int8, inject=inject)  # what load_prepared uses
 
 PROMPT = "Two things are infinite: "
+# What the command line prints right before the generated text.
+GENERATION_HEADER = "new tokens at most):"
 # The dry run: 8 steps of 2 × 4 quotes. A random model needs a big step to move visibly in 8
 # steps, hence lr 1e-2 (the tutorial's 2e-4 is for a pretrained 6.7B model).
 DRY = {"max_steps": 8, "batch_size": 4, "grad_accum": 2, "lr": 1e-2, "warmup_steps": 2, "seed": 0}
@@ -148,20 +151,11 @@ class ForwardRecorder:
 def check_losses_are_floats(run):
     losses = run.losses
     steps = run.settings["max_steps"]
-    assert isinstance(losses, list), (
-        f"finetune should return a list of per-step losses, got {type(losses).__name__}"
-    )
-    assert len(losses) == steps, (
-        f"finetune(max_steps={steps}) should return {steps} losses (one per optimizer step), "
-        f"got {len(losses)}: one per micro-batch, or did the loop stop after one pass over "
-        "the data?"
-    )
+    assert isinstance(losses, list), msg("10.losses_list", got=type(losses).__name__)
+    assert len(losses) == steps, msg("10.losses_count", steps=steps, got=len(losses))
     kinds = {type(x).__name__ for x in losses}
-    assert kinds == {"float"}, (
-        f"the losses should be Python floats, got {sorted(kinds)}: returning tensors keeps "
-        "every step's graph alive (use train_step's float, or .item())"
-    )
-    assert all(math.isfinite(x) for x in losses), f"some losses are not finite: {losses}"
+    assert kinds == {"float"}, msg("10.losses_floats", kinds=sorted(kinds))
+    assert all(math.isfinite(x) for x in losses), msg("10.losses_finite", losses=losses)
 
 
 def check_loss_falls(run, step_drop, eval_drop, *, relative=False):
@@ -171,16 +165,11 @@ def check_loss_falls(run, step_drop, eval_drop, *, relative=False):
     before, after = run.eval_loss_before, run.eval_loss_after
     if relative:
         step_drop, eval_drop = step_drop * first, eval_drop * before
-    assert first - last >= step_drop, (
-        f"the training loss should fall by ≥ {step_drop:.3f} (mean of the first {k} steps → "
-        f"last {k}): {first:.4f} → {last:.4f}. Nothing learns: is AdamW given the LoRA "
-        "parameters, the lr schedule right (LambdaLR multiplies lr by linear_warmup_lr(step, "
-        "base_lr=1.0, warmup_steps=warmup_steps, max_steps=max_steps)), train_step called?"
+    assert first - last >= step_drop, msg(
+        "10.training_loss_falls", step_drop=step_drop, k=k, first=first, last=last
     )
-    assert before - after >= eval_drop, (
-        f"the loss on 8 fixed training quotes should fall by ≥ {eval_drop:.3f}, from "
-        f"{before:.4f} to {after:.4f}: the model did not learn (optimizer over the wrong "
-        "parameters, lr 0 throughout, or the losses returned were not from this model)"
+    assert before - after >= eval_drop, msg(
+        "10.fixed_batch_loss_falls", eval_drop=eval_drop, before=before, after=after
     )
 
 
@@ -189,29 +178,28 @@ def check_only_lora_changed(run):
     changed = sorted(
         n for n in run.fingerprints_before if after.get(n) != run.fingerprints_before[n]
     )
-    assert not changed, (
-        f"{len(changed)} non-LoRA tensor(s) changed during finetune, e.g. {changed[:3]}: only "
-        "lora_A / lora_B may train; int8 weights and everything else must stay bit-identical "
-        "(did finetune unfreeze the model, or cast/requantize weights?)"
-    )
+    assert not changed, msg("10.non_lora_changed", count=len(changed), examples=changed[:3])
     lora_after = cap.lora_tensors(run.model)
     moved = [n for n, t in lora_after.items() if not torch.equal(t, run.lora_before[n])]
-    assert moved, "no LoRA tensor changed during finetune: nothing was trained"
+    assert moved, msg("10.lora_unchanged")
 
 
 def check_trainable_is_the_formula(run):
-    assert run.trainable == run.formula, (
-        f"trainable parameters after load → prepare → inject: {run.trainable}, expected "
-        f"Σ r·(in + out) over q_proj and v_proj = {run.formula}"
+    assert run.trainable == run.formula, msg(
+        "10.trainable_is_the_formula", trainable=run.trainable, formula=run.formula
     )
     now = [n for n, p in run.model.named_parameters() if p.requires_grad]
-    assert now == run.trainable_names, (
-        "finetune changed which parameters train: before "
-        f"{len(run.trainable_names)} ({run.trainable_names[:2]}...), after {len(now)} "
-        f"({now[:2]}...). Do not call requires_grad_ or prepare_for_int8_training in finetune."
+    assert now == run.trainable_names, msg(
+        "10.trainable_names_changed",
+        before_count=len(run.trainable_names),
+        before=run.trainable_names[:2],
+        after_count=len(now),
+        after=now[:2],
     )
     count = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-    assert count == run.formula, f"after finetune {count} parameters train, expected {run.formula}"
+    assert count == run.formula, msg(
+        "10.trainable_after_finetune", count=count, formula=run.formula
+    )
 
 
 def check_generation(model, tokenizer, prompt=PROMPT, max_new_tokens=12):
@@ -221,25 +209,21 @@ def check_generation(model, tokenizer, prompt=PROMPT, max_new_tokens=12):
         text = finetune.generate(model, tokenizer, prompt, max_new_tokens)
     finally:
         recorder.remove()
-    assert isinstance(text, str), f"generate should return a str, got {type(text).__name__}"
+    assert isinstance(text, str), msg("10.generate_returns_str", got=type(text).__name__)
     # Checked directly: a briefly trained tiny model may pick the same tokens with dropout on.
     in_training = sum(call.training for call in recorder.calls)
-    assert recorder.calls and not in_training, (
-        f"generate ran {in_training} of {len(recorder.calls)} forward passes in training mode "
-        "(LoRA dropout on): call model.eval() before model.generate, and restore the mode after"
+    assert recorder.calls and not in_training, msg(
+        "10.generate_in_eval_mode", in_training=in_training, total=len(recorder.calls)
     )
-    assert text.startswith(prompt), (
-        f"the generation should start with the prompt {prompt!r} (decode the whole output "
-        f"sequence, with skip_special_tokens=True), got {text[:60]!r}"
+    assert text.startswith(prompt), msg(
+        "10.generation_starts_with_prompt", prompt=prompt, got=text[:60]
     )
     expected = cap.greedy_reference(model, tokenizer, prompt, max_new_tokens)
-    assert text == expected, (
-        f"generate should decode greedily (do_sample=False) in eval mode, {max_new_tokens} new "
-        f"tokens at most:\n  expected {expected!r}\n  got      {text!r}\n(sampling, dropout "
-        "left on in training mode, or max_new_tokens not passed on?)"
+    assert text == expected, msg(
+        "10.generate_greedily", max_new_tokens=max_new_tokens, expected=expected, got=text
     )
     again = finetune.generate(model, tokenizer, prompt, max_new_tokens)
-    assert again == text, "two greedy generations of the same prompt differ: eval mode? sampling?"
+    assert again == text, msg("10.greedy_is_repeatable")
     return text
 
 
@@ -259,17 +243,11 @@ def check_adapter_round_trip(run, model_path, directory, *, atol):
     base = fresh_base()
     _, untouched = cap.eval_outputs(base, run.eval_batch)
     effect = (trained - untouched).abs().max().item()
-    assert effect > max(100 * atol, 1e-4), (
-        f"the trained adapter moves the logits by only {effect:.2g}: too little training to "
-        "tell a right adapter file from a wrong one"
-    )
+    assert effect > max(100 * atol, 1e-4), msg("10.adapter_effect_too_small", effect=effect)
     ours = adapter.load_adapter(base, directory)
     _, reloaded = cap.eval_outputs(ours, run.eval_batch)
     gap = (reloaded - trained).abs().max().item()
-    assert gap <= atol, (
-        f"load_adapter on a fresh base should give the trained model's logits; max difference "
-        f"{gap:.3g} (tolerance {atol:g})"
-    )
+    assert gap <= atol, msg("10.load_adapter_logits", gap=gap, atol=atol)
     del base, ours
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # one spare 8-bit copy at a time (opt-6.7b: 6.4 GiB each)
@@ -277,10 +255,7 @@ def check_adapter_round_trip(run, model_path, directory, *, atol):
     _, theirs = cap.eval_outputs(peft_model, run.eval_batch)
     gap = (theirs - trained).abs().max().item()
     # peft computes B(A(x)) · s in a different order than x Aᵀ Bᵀ · s: fp32 rounding only.
-    assert gap <= max(atol, 1e-5), (
-        f"peft's PeftModel.from_pretrained on the saved adapter should give the trained "
-        f"model's logits; max difference {gap:.3g}"
-    )
+    assert gap <= max(atol, 1e-5), msg("10.peft_logits", gap=gap)
 
 
 # ----------------------------------------------------------------------------- CPU dry run
@@ -291,7 +266,7 @@ def test_quotes_longer_than_the_model_are_truncated_to_its_positions(tiny_dir, q
     limit = model.config.max_position_embeddings  # 128 for the tiny OPT
     lengths = [len(ids) for ids in tokenizer(list(quotes["quote"]))["input_ids"]]
     long_ones = [i for i, n in enumerate(lengths) if n > limit]
-    assert long_ones, "the quotes should include some longer than the tiny OPT's 128 positions"
+    assert long_ones, msg("10.long_quotes_exist")
     recorder = ForwardRecorder(model)
     try:
         finetune.finetune(
@@ -301,9 +276,8 @@ def test_quotes_longer_than_the_model_are_truncated_to_its_positions(tiny_dir, q
     finally:
         recorder.remove()
     longest = max(len(row) for call in recorder.calls for row in call.rows)
-    assert longest == limit, (
-        f"quotes of {max(lengths)} tokens should be truncated to the model's {limit} positions "
-        f"(tokenize_quotes(..., max_length=model.config.max_position_embeddings)), got {longest}"
+    assert longest == limit, msg(
+        "10.truncated_to_positions", tokens=max(lengths), limit=limit, got=longest
     )
 
 
@@ -318,7 +292,7 @@ def test_the_loss_falls_on_the_quotes(dry_run):
 def test_only_lora_weights_change_and_int8_weights_stay_bit_identical(dry_run):
     run = dry_run()
     int8_tensors = [n for n, p in run.model.state_dict().items() if p.dtype == torch.int8]
-    assert int8_tensors, "the dry-run model should hold int8 weights (load_in_8bit)"
+    assert int8_tensors, msg("10.int8_weights_present")
     check_only_lora_changed(run)
 
 
@@ -326,10 +300,7 @@ def test_trainable_parameters_are_exactly_the_lora_formula(dry_run):
     run = dry_run()
     # tiny OPT: 2 layers × (q_proj + v_proj) × 16 × (32 + 32)
     expected = 2 * 2 * 16 * (32 + 32)
-    assert run.formula == expected, (
-        f"the dry run's LoRA formula should be 2 layers × (q_proj + v_proj) × 16 × (32 + 32) = "
-        f"{expected}, got {run.formula}: a test setup problem (the tiny OPT changed?)"
-    )
+    assert run.formula == expected, msg("10.dry_run_formula", expected=expected, got=run.formula)
     check_trainable_is_the_formula(run)
 
 
@@ -341,21 +312,14 @@ def test_the_first_step_runs_at_learning_rate_zero_as_warmup_starts_at_zero(tiny
         warmup_steps=1, progress=False,
     )  # fmt: skip
     moved = [n for n, t in cap.lora_tensors(model).items() if not torch.equal(t, before[n])]
-    assert not moved, (
-        "with warmup_steps=1 the only step runs at lr = linear_warmup_lr(0) = 0, so no weight "
-        f"may move, but {len(moved)} LoRA tensors did (e.g. {moved[0]}): is the LambdaLR "
-        "schedule missing, or its factor not linear_warmup_lr(step, base_lr=1.0, ...)?"
-    )
+    assert not moved, msg("10.warmup_starts_at_zero", count=len(moved), example=moved[0])
     model, tokenizer = fresh(tiny_dir)
     finetune.finetune(
         model, tokenizer, quotes, max_steps=1, batch_size=2, grad_accum=1, lr=1e-2,
         warmup_steps=0, progress=False,
     )  # fmt: skip
     moved = [n for n, t in cap.lora_tensors(model).items() if not torch.equal(t, before[n])]
-    assert moved, (
-        "with warmup_steps=0 the first step runs at the full lr, yet no LoRA weight moved: is "
-        "warmup_steps ignored (a hard-coded 100?), or AdamW not given the LoRA parameters?"
-    )
+    assert moved, msg("10.no_warmup_moves_weights")
 
 
 @pytest.fixture(scope="module")
@@ -398,51 +362,26 @@ def test_each_step_takes_grad_accum_micro_batches_of_batch_size_from_shuffled_cy
 ):
     r = recorded()
     sizes = [len(call.rows) for call in r.calls]
-    assert sizes == [2] * 6, (
-        "finetune(max_steps=3, batch_size=2, grad_accum=2) should run 3 × 2 = 6 forward passes "
-        f"of 2 quotes each, got {len(sizes)} passes of sizes {sizes}"
-    )
-    assert all(call.has_labels for call in r.calls), (
-        "every micro-batch should carry labels (collate_for_causal_lm), or there is no loss"
-    )
+    assert sizes == [2] * 6, msg("10.micro_batches", passes=len(sizes), sizes=sizes)
+    assert all(call.has_labels for call in r.calls), msg("10.micro_batches_carry_labels")
     seen = Counter(row for call in r.calls for row in call.rows)
     unknown = [row for row in seen if row not in r.expected]
-    assert not unknown, (
-        "a micro-batch held token ids that are no quote of the dataset (tokenize_quotes over "
-        "'quote', one EOS appended, truncated to model.config.max_position_embeddings, "
-        "right-padded)"
-    )
+    assert not unknown, msg("10.rows_are_quotes")
     counts = [seen[row] for row in r.expected]
-    assert counts == [2] * 6, (
-        "12 rows from 6 quotes is two passes: every quote should be seen exactly twice, got "
-        f"{counts}. Cycle through the data (a fresh shuffle each pass) until max_steps is done."
-    )
+    assert counts == [2] * 6, msg("10.two_passes", counts=counts)
     first_pass = [row for call in r.calls for row in call.rows][:6]
     order = [r.expected.index(row) for row in first_pass]
-    assert order != list(range(6)), (
-        "the first pass went through the quotes in file order: shuffle them with the seed "
-        "(torch.randperm with a seeded torch.Generator), as the Trainer's sampler does"
-    )
+    assert order != list(range(6)), msg("10.shuffled")
 
 
 def test_training_runs_in_train_mode_without_cache_or_cpu_autocast_and_restores_the_cache(
     recorded,
 ):
     r = recorded()
-    assert all(call.training for call in r.calls), (
-        "the model should be in training mode (model.train()) during finetune"
-    )
-    assert not any(call.use_cache for call in r.calls), (
-        "set model.config.use_cache = False while training, as the PEFT example notebook does"
-    )
-    assert not any(call.autocast for call in r.calls), (
-        "on the CPU, finetune should train in plain fp32: fp16 autocast and the GradScaler are "
-        "for CUDA only (autocast_dtype=None, scaler=None when the model is not on CUDA)"
-    )
-    assert r.cache_before and r.cache_after, (
-        "finetune should put model.config.use_cache back as it found it (True): 'Please "
-        "re-enable for inference!'"
-    )
+    assert all(call.training for call in r.calls), msg("10.train_mode")
+    assert not any(call.use_cache for call in r.calls), msg("10.no_cache_while_training")
+    assert not any(call.autocast for call in r.calls), msg("10.no_autocast_on_cpu")
+    assert r.cache_before and r.cache_after, msg("10.cache_restored")
 
 
 def test_the_same_seed_gives_the_same_losses_and_another_seed_others(tiny_dir, quotes):
@@ -455,14 +394,10 @@ def test_the_same_seed_gives_the_same_losses_and_another_seed_others(tiny_dir, q
         runs[name] = finetune.finetune(
             model, tokenizer, quotes, seed=seed, progress=False, **settings
         )
-    assert runs["first"] == runs["again"], (
-        f"two runs with seed=0 should give the same losses, got {runs['first']} and "
-        f"{runs['again']}: call torch.manual_seed(seed) (LoRA dropout) and shuffle with a "
-        "generator seeded with seed"
+    assert runs["first"] == runs["again"], msg(
+        "10.same_seed_same_losses", first=runs["first"], again=runs["again"]
     )
-    assert runs["first"] != runs["other"], (
-        "seed=0 and seed=1 gave the same losses: is the seed ignored (data order, dropout)?"
-    )
+    assert runs["first"] != runs["other"], msg("10.other_seed_other_losses")
 
 
 def test_generate_decodes_greedily_and_starts_with_the_prompt(dry_run):
@@ -500,26 +435,28 @@ def check_stops_at_eos(model, tokenizer, what):
         text = finetune.generate(model, tokenizer, PROMPT, max_new)
     finally:
         spy.remove()
-    assert spy.picked[2:3] == [eos], f"test setup: the 3rd token should be EOS, {spy.picked}"
+    assert spy.picked[2:3] == [eos], msg("10.third_token_is_eos", picked=spy.picked)
     expected = tokenizer.decode(ids + spy.picked[:3], skip_special_tokens=True)
-    assert len(spy.picked) == 3 and text == expected, (
-        f"{what}: the model emitted EOS as its 3rd new token, so generation should stop there "
-        f"and return {expected!r}; it ran for {len(spy.picked)} tokens (max_new_tokens="
-        f"{max_new}) and returned {text!r}. Pass eos_token_id=tokenizer.eos_token_id to "
-        "model.generate"
+    assert len(spy.picked) == 3 and text == expected, msg(
+        "10.stops_at_eos",
+        what=what,
+        expected=expected,
+        count=len(spy.picked),
+        max_new=max_new,
+        got=text,
     )
 
 
 def test_generate_stops_when_the_model_emits_eos(tiny_dir):
     model, tokenizer = fresh(tiny_dir)
-    check_stops_at_eos(model, tokenizer, "with the model's own generation config")
+    check_stops_at_eos(model, tokenizer, msg("10.with_own_generation_config"))
 
 
 def test_generate_stops_at_the_tokenizers_eos_even_when_the_model_config_names_none(tiny_dir):
     model, tokenizer = fresh(tiny_dir)
     # Some checkpoints' generation configs name no EOS; the tokenizer's is what training used.
     model.generation_config.eos_token_id = None
-    check_stops_at_eos(model, tokenizer, "with no EOS in the model's generation config")
+    check_stops_at_eos(model, tokenizer, msg("10.with_no_eos_in_generation_config"))
 
 
 def test_the_saved_adapter_reloads_to_identical_logits_with_ours_and_with_peft(
@@ -540,7 +477,7 @@ def test_the_command_line_runs_the_whole_job(tmp_path, monkeypatch, capsys):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         code = cli.main(current(), argv)
-    assert code == 0, f"the command line should finish with exit code 0, got {code}"
+    assert code == 0, msg("10.exit_code", code=code)
     printed = capsys.readouterr().out
     # Python prints FutureWarnings by default: a deprecated checkpointing call would show.
     deprecated = [
@@ -548,24 +485,20 @@ def test_the_command_line_runs_the_whole_job(tmp_path, monkeypatch, capsys):
         for w in caught
         if issubclass(w.category, FutureWarning) and "checkpointing" in str(w.message)
     ]
-    assert not deprecated, (
-        f"the run printed a deprecation warning: {deprecated[0][:120]!r} (07: call "
-        "activation_checkpointing_enable, not its deprecated alias gradient_checkpointing_enable)"
-    )
+    assert not deprecated, msg("10.deprecation_warning", warning=deprecated[0][:120])
     small = cli.SMALL_OPT
     trainable = small["num_hidden_layers"] * 2 * 16 * (2 * small["hidden_size"])
-    assert f"trainable params: {trainable} || all params: " in printed, (
-        f"the run should print the tutorial's trainable-parameter line with {trainable} "
-        f"trainable parameters:\n{printed}"
+    assert f"trainable params: {trainable} || all params: " in printed, msg(
+        "10.prints_trainable_line", trainable=trainable, printed=printed
     )
-    assert "built-in small OPT" in printed, f"the run should say which model it used:\n{printed}"
-    generation = printed.rsplit("new tokens at most):", 1)[-1].strip()
-    assert generation.startswith(PROMPT), f"the generation should follow the prompt:\n{printed}"
+    assert "built-in small OPT" in printed, msg("10.says_which_model", printed=printed)
+    generation = printed.rsplit(GENERATION_HEADER, 1)[-1].strip()
+    assert generation.startswith(PROMPT), msg("10.generation_follows_prompt", printed=printed)
     for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
-        assert (out / name).is_file(), f"the run should save {name} under --out"
-    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "loss.png is no PNG"
+        assert (out / name).is_file(), msg("10.saves_under_out", name=name)
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", msg("10.loss_png")
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    assert len(metrics["losses"]) == 2, f"--max-steps 2 should give 2 losses: {metrics}"
+    assert len(metrics["losses"]) == 2, msg("10.two_losses", metrics=metrics)
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -593,7 +526,7 @@ def test_the_capstone_on_a_gpu(tmp_path, quotes, eval_quotes, record_property):
         path, settings = str(cli.build_small_opt(tmp_path / "small-opt")), dict(cli.SMALL, seed=0)
 
     run = cap.prepare_run(PIECES, path, eval_quotes, settings)
-    assert cli.input_device(run.model).type == "cuda", "load_in_8bit should put the model on CUDA"
+    assert cli.input_device(run.model).type == "cuda", msg("10.model_on_cuda")
     cap.train_run(run, finetune, quotes)
     text = finetune.generate(run.model, run.tokenizer)
     loaded, peak = run.gpu_loaded_bytes, run.gpu_peak_bytes
@@ -620,12 +553,13 @@ def test_the_capstone_on_a_gpu(tmp_path, quotes, eval_quotes, record_property):
         check_loss_falls(run, PRETRAINED_RELATIVE_DROP, PRETRAINED_RELATIVE_DROP, relative=True)
     else:
         check_loss_falls(run, SMALL_STEP_DROP, SMALL_EVAL_DROP)
-    assert 0 < peak <= bound, (
-        f"peak GPU memory while training {peak / 2**30:.2f} GiB exceeds 1.6 × the "
-        f"{loaded / 2**30:.2f} GiB after loading + 1 GiB = {bound / 2**30:.2f} GiB: gradient "
-        "checkpointing off, activations kept across steps, or the optimizer over all weights?"
+    assert 0 < peak <= bound, msg(
+        "10.peak_gpu_memory",
+        peak=peak / 2**30,
+        loaded=loaded / 2**30,
+        bound=bound / 2**30,
     )
-    assert text.startswith(PROMPT), f"the generation should start with the prompt: {text!r}"
+    assert text.startswith(PROMPT), msg("10.gpu_generation_starts_with_prompt", text=text)
     # Two 8-bit copies of the same model on one GPU: cuBLAS may pick different kernels, so
     # allow fp16 rounding (1e-3 on logits of order 10); a wrong or missing adapter tensor moves
     # them by far more (checked inside). Not measured on a GPU.
