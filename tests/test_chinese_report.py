@@ -83,7 +83,13 @@ def test_each_exercises_first_mistake_is_reported_in_chinese(exercise, tmp_path)
     assert failed, f"mutant {mutant.id} should fail exercise {exercise}\n{run.explain()}"
     english = english_lines(run.output)
     assert not english, f"mutant {mutant.id} under zh shows English:\n" + "\n".join(english)
-    shown = [t["message"] for t in failed if t.get("why") == "wrong"]
+    # The tests' own messages (a failed assert or pytest.fail); what the code under test
+    # raised is its own words, shown after "抛出了 <type>：".
+    shown = [
+        t["message"]
+        for t in failed
+        if t.get("why") == "wrong" and t.get("error_type") in ("AssertionError", "Failed")
+    ]
     not_chinese = [m for m in shown if not CJK.search(m)]
     assert not not_chinese, (
         f"mutant {mutant.id}: these failures' messages are not Chinese: {not_chinese}"

@@ -32,7 +32,8 @@ ENGLISH_RUN = re.compile(r"(?<![\w.(-])[A-Za-z]{2,}(?:[ ,;:']+[A-Za-z]+){2,}(?![
 
 def english_sentences(text: str) -> list[str]:
     """The runs of English words in `text`, after code spans and placeholders are removed."""
-    text = re.sub(r"`[^`]*`", " ", text)
+    # Code spans and quoted output ('index out of range': what a library prints) are not prose.
+    text = re.sub(r"`[^`]*`|'[^'\n]*'", " ", text)
     text = re.sub(r"\{[^{}]*\}", " 0 ", text)
     return [m.group(0) for m in ENGLISH_RUN.finditer(text)]
 
