@@ -49,8 +49,8 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "example": {"en": "example", "zh": "反例"},
     "other failures": {
-        "en": "and {n} more failing in this exercise",
-        "zh": "本练习还有 {n} 个失败",
+        "en": "(and {n} more failing in this exercise)",
+        "zh": "（本练习还有 {n} 个失败）",
     },
     "impl": {"en": "testing: {impl}", "zh": "正在测试：{impl}"},
     "changed since": {"en": "changed since its last run", "zh": "上次运行后代码已改动"},

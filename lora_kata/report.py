@@ -285,7 +285,7 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
         if step.get("example"):
             out.append((f"   {label('example', lang)}{step['example']}", {}))
         if step.get("failing", 0) > 1:
-            out.append(("   (" + t("other failures", lang, n=step["failing"] - 1) + ")", {}))
+            out.append(("   " + t("other failures", lang, n=step["failing"] - 1), {}))
     out.append(("", {}))
     for i, line in enumerate(step["hint"].strip().splitlines()):
         prefix = f" {label('hint', lang)}" if i == 0 else "   "
