@@ -126,34 +126,57 @@ def test_prepare_freezes_every_parameter(model):
     )
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_16bit_parameters_that_are_not_int8_become_fp32(checkpoint, dtype):
-    model = load_tiny_opt_in_8bit(checkpoint, dtype=dtype)
-    quantized = set(int8_parameter_names(model))
-    shapes = {name: p.ndim for name, p in model.named_parameters()}
-    prepare(model)
+def parameter_layout(model):
+    """(names of the int8 parameters, every parameter's ndim), taken before prepare."""
+    return set(int8_parameter_names(model)), {name: p.ndim for name, p in model.named_parameters()}
+
+
+def left_in_16bit(model, layout):
+    """The still_16bit message when a non-int8 parameter is not fp32 after prepare, else None."""
+    quantized, shapes = layout
     left = [
         (name, p.dtype)
         for name, p in model.named_parameters()
         if name not in quantized and p.dtype != torch.float32
     ]
-    if left:
-        name, kind = left[0]
-        if len(left) == len(shapes) - len(quantized):
-            why = msg("07.no_fp32_cast")
-        elif all(shapes[n] >= 2 for n, _ in left):
-            why = msg("07.only_1d_cast")
-        else:
-            why = msg("07.cast_16bit_to_fp32")
-        pytest.fail(
-            msg(
-                "07.still_16bit",
-                name=name,
-                dtype=str(kind).removeprefix("torch."),
-                count=len(left),
-                why=why,
-            )
-        )
+    if not left:
+        return None
+    name, kind = left[0]
+    if len(left) == len(shapes) - len(quantized):
+        why = msg("07.no_fp32_cast")
+    elif all(shapes[n] >= 2 for n, _ in left):
+        why = msg("07.only_1d_cast")
+    else:
+        why = msg("07.cast_16bit_to_fp32")
+    return msg(
+        "07.still_16bit",
+        name=name,
+        dtype=str(kind).removeprefix("torch."),
+        count=len(left),
+        why=why,
+    )
+
+
+def prepare_for_running(model, **kwargs):
+    """prepare(), then fail before any forward pass if a non-int8 parameter is not fp32: a
+    16-bit one meets fp32 tensors in the forward pass, and torch stops with a dtype error that
+    does not name it."""
+    layout = parameter_layout(model)
+    prepared = prepare(model, **kwargs)
+    problem = left_in_16bit(model, layout)
+    if problem:
+        pytest.fail(msg("07.cannot_run_with_16bit_left", problem=problem), pytrace=False)
+    return prepared
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16bit_parameters_that_are_not_int8_become_fp32(checkpoint, dtype):
+    model = load_tiny_opt_in_8bit(checkpoint, dtype=dtype)
+    layout = parameter_layout(model)
+    prepare(model)
+    problem = left_in_16bit(model, layout)
+    if problem:
+        pytest.fail(problem)
 
 
 def test_int8_weights_stay_int8_and_unchanged(model):
@@ -221,7 +244,7 @@ def add_adapter(model):
 
 
 def test_checkpointing_is_non_reentrant(model):
-    prepare(model)
+    prepare_for_running(model)
     layers = checkpointed_layers(model)
     assert layers, msg("07.checkpointing_on_by_default")
     function = getattr(layers[0], "_gradient_checkpointing_func", None)
@@ -240,7 +263,7 @@ def test_checkpointing_is_non_reentrant(model):
 
 
 def test_logits_are_fp32_even_under_autocast(model):
-    prepare(model)
+    prepare_for_running(model)
     head = model.get_output_embeddings()
     # bf16 autocast on the CPU stands for the tutorial's fp16 autocast on the GPU: without the
     # cast, lm_head runs in 16 bits there and so do the logits (as after peft's prepare).
@@ -269,7 +292,7 @@ def test_prepared_model_computes_the_same_logits_as_peft_prepared_one(model, pef
 
 # Slow-ish: a training forward and backward through two checkpointed int8 blocks (~1 s).
 def test_only_an_adapter_gets_gradients_through_the_prepared_model(model):
-    prepare(model)
+    prepare_for_running(model)
     quantized = {
         name: p.detach().clone() for name, p in model.named_parameters() if p.dtype == torch.int8
     }

@@ -59,9 +59,31 @@ def transformers_lrs(base_lr, warmup_steps, max_steps, n_steps):
     return lrs
 
 
+def schedule_call(step, kwargs):
+    """How the call reads in a message: linear_warmup_lr(3, base_lr=..., ...)."""
+    return f"linear_warmup_lr({step}, {', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+
+
+def learner_lr(step, kwargs, expected):
+    """The learner's lr at `step`; a ZeroDivisionError fails naming the step and the settings
+    (an unguarded denominator: transformers divides by max(1, ...) there)."""
+    try:
+        return train.linear_warmup_lr(step, **kwargs)
+    except ZeroDivisionError as error:
+        pytest.fail(
+            msg(
+                "08.schedule_divides_by_zero",
+                where=schedule_call(step, kwargs),
+                error=str(error),
+                want=expected[step],
+            ),
+            pytrace=False,
+        )
+
+
 def schedule_mismatch(got, expected, step, kwargs):
     """The assertion message for a wrong lr, naming an off-by-one when it is one."""
-    where = f"linear_warmup_lr({step}, {', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+    where = schedule_call(step, kwargs)
     shifted = [s for s in (step - 1, step + 1) if 0 <= s < len(expected)]
     if any(got == pytest.approx(expected[s], rel=SCHEDULE_REL) for s in shifted):
         return msg("08.schedule_off_by_one", where=where, got=got, step=step, want=expected[step])
@@ -92,7 +114,7 @@ def test_matches_transformers_linear_schedule_at_every_step(warmup_steps, extra,
     kwargs = schedule_kwargs(warmup_steps, max_steps, base_lr)
     expected = transformers_lrs(base_lr, warmup_steps, max_steps, max_steps + 6)
     for step in range(len(expected)):
-        got = train.linear_warmup_lr(step, **kwargs)
+        got = learner_lr(step, kwargs, expected)
         assert got == pytest.approx(expected[step], rel=SCHEDULE_REL, abs=0), schedule_mismatch(
             got, expected, step, kwargs
         )
@@ -114,7 +136,7 @@ def test_edge_cases_match_transformers(warmup_steps, max_steps):
     kwargs = schedule_kwargs(warmup_steps, max_steps, base_lr=3e-4)
     expected = transformers_lrs(3e-4, warmup_steps, max_steps, max_steps + 6)
     for step in range(len(expected)):
-        got = train.linear_warmup_lr(step, **kwargs)
+        got = learner_lr(step, kwargs, expected)
         assert got == pytest.approx(expected[step], rel=SCHEDULE_REL, abs=0), msg(
             "08.edge_case", mismatch=schedule_mismatch(got, expected, step, kwargs)
         )
