@@ -372,19 +372,33 @@ def diagnose(labels, input_ids, attention_mask, pad_id):
     return msg("06.labels_rule")
 
 
-def check_batch(batch, sequences, pad_id):
-    """Check the collated batch against the rule, with messages that name the mistake."""
-    assert set(batch) >= {"input_ids", "attention_mask", "labels"}, msg(
-        "06.batch_keys", keys=sorted(batch)
-    )
-    input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    if (input_ids == -100).any():
-        pytest.fail(diagnose(labels, input_ids, mask, pad_id))
+COLLATED = ("input_ids", "attention_mask", "labels")
+
+
+def check_keys(batch):
+    assert set(batch) >= set(COLLATED), msg("06.batch_keys", keys=sorted(batch))
+
+
+def check_tensors(batch, sequences, pad_id, names=COLLATED, long_names=None):
+    """Shape of each tensor `names` of a collated batch, and torch.long dtype of `long_names`
+    (default: all of `names`): what indexing it, or handing it to the model, needs (else the
+    learner reads torch's IndexError or the loss's ValueError, not the mistake)."""
+    check_keys(batch)
+    input_ids, mask, labels = (batch[name] for name in COLLATED)
     width = max(len(s) for s in sequences)
-    for name, tensor in batch.items():
-        assert tensor.dtype == torch.long, msg("06.batch_dtype", name=name, dtype=tensor.dtype)
+    for name in names:
+        tensor = batch[name]
+        if long_names is None or name in long_names:
+            assert tensor.dtype == torch.long, msg("06.batch_dtype", name=name, dtype=tensor.dtype)
         if name == "labels" and tuple(tensor.shape) == (len(sequences), width - 1):
-            pytest.fail(diagnose(labels, input_ids, mask, pad_id))
+            pytest.fail(
+                msg(
+                    "06.labels_shape_one_shorter",
+                    why=diagnose(labels, input_ids, mask, pad_id),
+                    got=tuple(tensor.shape),
+                    want=tuple(input_ids.shape),
+                )
+            )
         assert tuple(tensor.shape) == (len(sequences), width), msg(
             "06.batch_shape",
             name=name,
@@ -392,6 +406,23 @@ def check_batch(batch, sequences, pad_id):
             width=width,
             got=tuple(tensor.shape),
         )
+
+
+def check_input_ids_untouched(batch, pad_id):
+    """-100 in input_ids: labels share input_ids' storage (no clone), the model's embedding
+    would raise 'index out of range in self'."""
+    input_ids, mask, labels = (batch[name] for name in COLLATED)
+    if (input_ids == -100).any():
+        pytest.fail(diagnose(labels, input_ids, mask, pad_id))
+
+
+def check_batch(batch, sequences, pad_id):
+    """Check the collated batch against the rule, with messages that name the mistake."""
+    check_keys(batch)
+    check_input_ids_untouched(batch, pad_id)
+    check_tensors(batch, sequences, pad_id, names=list(batch))
+    input_ids, mask, labels = (batch[name] for name in COLLATED)
+    width = max(len(s) for s in sequences)
     for i, seq in enumerate(sequences):
         n = len(seq)
         row = input_ids[i].tolist()
@@ -509,6 +540,7 @@ def test_every_training_row_ends_with_an_eos_that_is_a_label():
     rows = list(data.tokenize_quotes(dataset, tokenizer, max_length=24))
     for pad_id in (PAD_ID, eos):
         batch = data.collate_for_causal_lm(rows[:8], pad_token_id=pad_id)
+        check_tensors(batch, [row["input_ids"] for row in rows[:8]], pad_id)
         lengths = batch["attention_mask"].sum(dim=1)
         for i, n in enumerate(lengths.tolist()):
             token, label = batch["input_ids"][i, n - 1].item(), batch["labels"][i, n - 1].item()
@@ -538,6 +570,11 @@ def test_the_models_loss_on_a_collated_batch_is_the_next_token_loss_over_real_to
     # Shows why labels are not shifted: OPT's loss compares logits[t] with labels[t + 1].
     sequences = [[2, 11, 12, 13, 14, 15], [2, 21, 22]]
     batch = data.collate_for_causal_lm(features_of(sequences), pad_token_id=PAD_ID)
+    check_keys(batch)
+    check_input_ids_untouched(batch, PAD_ID)
+    # What the model needs: ids and labels of integers, every tensor (rows, longest). OPT takes
+    # a float attention_mask; the collator tests ask for torch.long.
+    check_tensors(batch, sequences, PAD_ID, long_names=("input_ids", "labels"))
     from lora_kata.tiny import build_tiny_opt
 
     model = build_tiny_opt(seed=3)

@@ -229,17 +229,21 @@ def test_position_ids_restart_at_zero_for_each_quote(lengths, max_length):
         )
 
 
+def check_mask_form(mask, want):
+    """A 4-D float mask of shape `want`, checked before a test hands it to OPT (a boolean or
+    2-D mask there ends in the model's own error, not in the mistake's name)."""
+    assert mask.dtype != torch.bool, msg("11.mask_is_boolean")
+    assert mask.is_floating_point(), msg("11.mask_is_float", got=mask.dtype)
+    assert tuple(mask.shape) == want, msg("11.mask_shape", want=want, got=tuple(mask.shape))
+
+
 def test_the_attention_mask_is_4d_float_causal_within_each_quote_closed_elsewhere():
     features = make_quotes([4, 3, 5, 2, 3])
     batch = packed(features, 9)
     *_, allowed, _ = expected_batch(features, 9)
     mask = batch["attention_mask"]
-    assert mask.dtype != torch.bool, msg("11.mask_is_boolean")
-    assert mask.is_floating_point(), msg("11.mask_is_float", got=mask.dtype)
     rows, width = allowed.shape[0], allowed.shape[1]
-    assert mask.shape == (rows, 1, width, width), msg(
-        "11.mask_shape", want=(rows, 1, width, width), got=tuple(mask.shape)
-    )
+    check_mask_form(mask, (rows, 1, width, width))
     closed = torch.finfo(mask.dtype).min
     values = set(mask.unique().tolist())
     assert values <= {0.0, closed}, msg(
@@ -354,6 +358,8 @@ def test_position_ids_alone_let_quotes_attend_to_each_other(models):
 
     features = make_quotes([5, 7, 3])
     ours = packed(features, 15)
+    rows, width = ours["input_ids"].shape[0], ours["input_ids"].shape[-1]
+    check_mask_form(ours["attention_mask"], (rows, 1, width, width))
     model = models["sdpa"]
     truth = separate_logits(model, features)
     gap = largest_gap(packed_logits_per_quote(model, ours, features, 15), truth)
