@@ -144,6 +144,50 @@ class ForwardRecorder:
         self.handle.remove()
 
 
+def finetune_recorded(model, tokenizer, dataset, **settings):
+    """finetune(model, tokenizer, dataset, progress=False, **settings) with a ForwardRecorder on
+    the model: (losses, recorded calls). Two raw errors from inside the learner's finetune are
+    named for what they mean; any other error goes through untouched."""
+    recorder = ForwardRecorder(model)
+    try:
+        losses = finetune.finetune(model, tokenizer, dataset, progress=False, **settings)
+    except IndexError as error:
+        # The pre-hook saw the rows before the model ran: a row past the model's positions makes
+        # the position-embedding lookup fail ("index out of range in self").
+        limit = model.config.max_position_embeddings
+        longest = max((len(row) for call in recorder.calls for row in call.rows), default=0)
+        if longest > limit:
+            pytest.fail(
+                msg("10.row_past_positions", longest=longest, limit=limit, error=str(error)),
+                pytrace=False,
+            )
+        raise
+    except (StopIteration, RuntimeError) as error:
+        # next() on a finished batch iterator: StopIteration, or inside a generator (PEP 479)
+        # RuntimeError("generator raised StopIteration") with the StopIteration as its cause.
+        if isinstance(error, StopIteration) or isinstance(error.__cause__, StopIteration):
+            steps, grad_accum = settings["max_steps"], settings["grad_accum"]
+            batch_size = settings["batch_size"]
+            pytest.fail(
+                msg(
+                    "10.data_ran_out",
+                    steps=steps,
+                    grad_accum=grad_accum,
+                    batch_size=batch_size,
+                    needed=steps * grad_accum,
+                    quotes=len(dataset),
+                    per_pass=len(dataset) // batch_size,
+                    step=len(recorder.calls) // grad_accum + 1,
+                    error=repr(error),
+                ),
+                pytrace=False,
+            )
+        raise
+    finally:
+        recorder.remove()
+    return losses, recorder.calls
+
+
 # ----------------------------------------------------------------------------- checks
 # Shared by the CPU dry run and the GPU test: each says what it expected and what it found.
 
@@ -267,15 +311,11 @@ def test_quotes_longer_than_the_model_are_truncated_to_its_positions(tiny_dir, q
     lengths = [len(ids) for ids in tokenizer(list(quotes["quote"]))["input_ids"]]
     long_ones = [i for i, n in enumerate(lengths) if n > limit]
     assert long_ones, msg("10.long_quotes_exist")
-    recorder = ForwardRecorder(model)
-    try:
-        finetune.finetune(
-            model, tokenizer, quotes.select(long_ones), max_steps=1,
-            batch_size=len(long_ones), grad_accum=1, warmup_steps=0, progress=False,
-        )  # fmt: skip
-    finally:
-        recorder.remove()
-    longest = max(len(row) for call in recorder.calls for row in call.rows)
+    _, calls = finetune_recorded(
+        model, tokenizer, quotes.select(long_ones), max_steps=1,
+        batch_size=len(long_ones), grad_accum=1, warmup_steps=0,
+    )  # fmt: skip
+    longest = max(len(row) for call in calls for row in call.rows)
     assert longest == limit, msg(
         "10.truncated_to_positions", tokens=max(lengths), limit=limit, got=longest
     )
@@ -332,20 +372,16 @@ def recorded(tiny_dir, quotes):
             model, tokenizer = fresh(tiny_dir)
             subset = quotes.select(range(6))
             cache_before = model.config.use_cache
-            recorder = ForwardRecorder(model)
-            try:
-                losses = finetune.finetune(
-                    model, tokenizer, subset, max_steps=3, batch_size=2, grad_accum=2,
-                    lr=1e-3, warmup_steps=1, seed=0, progress=False,
-                )  # fmt: skip
-            finally:
-                recorder.remove()
+            losses, calls = finetune_recorded(
+                model, tokenizer, subset, max_steps=3, batch_size=2, grad_accum=2,
+                lr=1e-3, warmup_steps=1, seed=0,
+            )  # fmt: skip
             limit, eos = model.config.max_position_embeddings, tokenizer.eos_token_id
             # What tokenize_quotes makes of each quote (06): its ids, one EOS, EOS kept last.
             full = [(*tokenizer(q)["input_ids"], eos) for q in subset["quote"]]
             expected = [row if len(row) <= limit else (*row[: limit - 1], eos) for row in full]
             done.update(
-                calls=recorder.calls,
+                calls=calls,
                 losses=losses,
                 expected=expected,
                 cache_before=cache_before,
