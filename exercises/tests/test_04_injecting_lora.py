@@ -66,6 +66,43 @@ def bias_names(model):
     return {n for n, _ in model.named_parameters() if n == "bias" or n.endswith(".bias")}
 
 
+def dotted_children(model) -> list[str]:
+    """Children of the root whose name holds a '.': what setattr(model, "a.b.c", layer) adds."""
+    return [name for name, _ in model.named_children() if "." in name]
+
+
+def not_in_place(model, targets) -> dict | None:
+    """The first target that is not a LoRALinear at its own dotted name, as the values of the
+    04.*lora_not_in_place messages (name, found, where); None when every target is one."""
+    for name in targets:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            module = None
+        if isinstance(module, lora.LoRALinear):
+            continue
+        dotted = dotted_children(model)
+        where = msg("04.lora_on_the_root_under_dotted_names", example=dotted[0]) if dotted else ""
+        found = type(module).__name__ if module is not None else msg("04.nothing_at_that_name")
+        return dict(name=name, found=found, where=where)
+    return None
+
+
+def inject_in_place(model, cfg, targets=Q_AND_V):
+    """inject_lora(model, cfg). An AttributeError raised in it while a target is not a
+    LoRALinear at its own name (`.base` looked up on a layer never replaced) fails the test
+    saying so, with the error's text; any other error goes through untouched."""
+    try:
+        return inject.inject_lora(model, cfg)
+    except AttributeError as error:
+        misplaced = not_in_place(model, targets)
+        if misplaced is None:
+            raise
+        pytest.fail(
+            msg("04.inject_raised_with_lora_not_in_place", bias=cfg.bias, error=error, **misplaced)
+        )
+
+
 @pytest.fixture(scope="module")
 def opt_6_7b():
     from lora_kata.testing_models import opt_6_7b_on_meta
@@ -260,7 +297,7 @@ def test_bias_all_trains_every_bias_in_the_model():
 
 
 def test_bias_lora_only_trains_only_the_wrapped_layers_biases():
-    model = inject.inject_lora(tiny_opt(), config(bias="lora_only"))
+    model = inject_in_place(tiny_opt(), config(bias="lora_only"))
     got = trainable_names(model) - lora_names(Q_AND_V)
     expected = {f"{t}.base.bias" for t in Q_AND_V}
     assert got == expected, msg(
@@ -353,6 +390,8 @@ def test_gradients_reach_only_the_lora_matrices():
     x = tokens()
     trainable = trainable_names(model)
     assert trainable, msg("04.nothing_trainable")
+    misplaced = not_in_place(model, Q_AND_V)  # else backward() finds nothing that needs a grad
+    assert misplaced is None, msg("04.lora_not_in_place", **(misplaced or {}))
     model(x, labels=x).loss.backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     extra = sorted(with_grad - lora_names(Q_AND_V))
@@ -390,7 +429,7 @@ def test_lora_state_dict_has_the_keys_peft_saves(bias):
 
     from lora_kata.testing_models import peft_model, peft_to_kata_name
 
-    ours = inject.inject_lora(tiny_opt(), config(bias=bias))
+    ours = inject_in_place(tiny_opt(), config(bias=bias))
     theirs = peft_model(
         tiny_opt(), r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], bias=bias
     )
@@ -434,6 +473,9 @@ def check_same_as_peft(ours, theirs, targets):
         randomise_lora,
     )
 
+    if dotted_children(ours):  # LoRA layers on the root: their names below would look right
+        misplaced = not_in_place(ours, targets)
+        assert misplaced is None, msg("04.lora_not_in_place", **(misplaced or {}))
     assert list(lora_layers(ours)) == peft_targeted_names(theirs) == targets, msg(
         "04.wrapped_as_peft", ours=list(lora_layers(ours)), peft=peft_targeted_names(theirs)
     )
@@ -469,9 +511,9 @@ def test_matches_peft_on_a_tiny_opt(bias):
     from lora_kata.testing_models import peft_model
 
     targets = ["q_proj", "v_proj", "fc2"]
-    ours = inject.inject_lora(tiny_opt(), config(target_modules=targets, bias=bias)).eval()
-    theirs = peft_model(tiny_opt(), r=4, lora_alpha=8, target_modules=targets, bias=bias).eval()
     names = [n for n, _ in tiny_opt().named_modules() if n.endswith(("q_proj", "v_proj", "fc2"))]
+    ours = inject_in_place(tiny_opt(), config(target_modules=targets, bias=bias), names).eval()
+    theirs = peft_model(tiny_opt(), r=4, lora_alpha=8, target_modules=targets, bias=bias).eval()
     check_same_as_peft(ours, theirs, names)
 
 
@@ -510,7 +552,7 @@ def test_matches_peft_on_a_tiny_opt_loaded_in_8bit(tiny_opt_dir, bias):
 
     # Same int8 weights, same Linear8bitLt code on the base path (eval mode: MatMul8bitLt),
     # same fp32 LoRA path: the outputs agree to fp32 rounding, as in fp32 (ATOL above).
-    ours = inject.inject_lora(load_tiny_opt_in_8bit(tiny_opt_dir).eval(), config(bias=bias)).eval()
+    ours = inject_in_place(load_tiny_opt_in_8bit(tiny_opt_dir).eval(), config(bias=bias)).eval()
     theirs = peft_model(
         load_tiny_opt_in_8bit(tiny_opt_dir).eval(),
         r=4,

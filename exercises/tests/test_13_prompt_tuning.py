@@ -7,6 +7,7 @@ opt-6.7b built on the meta device. Where PromptTuning calls its model, a hook re
 arguments, so that a misplaced prompt, mask or label is named rather than met as a crash.
 """
 
+import contextlib
 import copy
 import inspect
 
@@ -120,6 +121,30 @@ def model_call(wrapper, input_ids, attention_mask, labels) -> dict:
         handle.remove()
     assert seen, msg("13.model_called")
     return seen[0]
+
+
+@contextlib.contextmanager
+def mask_checked(wrapper, input_ids, n):
+    """While in the block, an attention_mask that wrapper passes to wrapper.model must be
+    (batch, n + length): another shape fails the test naming the mask, before the model meets
+    it and crashes on sizes ("The size of tensor a (11) must match the size of tensor b (6)")."""
+    batch, length = input_ids.shape
+    want = (batch, n + length)
+
+    def check(module, args, kwargs):
+        try:
+            bound = inspect.signature(module.forward).bind_partial(*args, **kwargs)
+        except TypeError:
+            return  # an odd call: the model says what is wrong with it
+        mask = {**bound.arguments.pop("kwargs", {}), **bound.arguments}.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and tuple(mask.shape) != want:
+            pytest.fail(msg("13.mask_shape", want=want, got=tuple(mask.shape)))
+
+    handle = wrapper.model.register_forward_pre_hook(check, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def sizes():
@@ -329,7 +354,9 @@ def test_gradients_reach_only_the_prompt():
     model = tiny_opt()
     wrapper = prompt.PromptTuning(model, N)
     input_ids, attention_mask, labels = random_batch(3, 6)
-    wrapper(input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+    with mask_checked(wrapper, input_ids, N):
+        out = wrapper(input_ids, attention_mask=attention_mask, labels=labels)
+    out.loss.backward()
     grad = wrapper.prompt.grad
     assert grad is not None and grad.abs().sum() > 0, msg("13.prompt_gets_a_gradient")
     moved = [name for name, p in model.named_parameters() if p.grad is not None]
@@ -362,7 +389,7 @@ def test_logits_and_loss_equal_peft_prompt_tuning_with_the_same_prompt(with_mask
         mask = batch["attention_mask"]
     else:
         mask = None
-    with torch.no_grad():
+    with torch.no_grad(), mask_checked(ours, batch["input_ids"], N):
         got = ours(batch["input_ids"], attention_mask=mask, labels=batch["labels"])
         want = theirs(input_ids=batch["input_ids"], attention_mask=mask, labels=batch["labels"])
     rows, length = batch["input_ids"].shape
