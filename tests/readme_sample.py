@@ -56,7 +56,8 @@ def report_of_run(tree: Path, lang: str) -> str:
         raise AssertionError(f"no report in the run's output:\n{done.stdout[-3000:]}")
     block = []
     for line in lines[start:]:
-        if re.match(r"^\d+ (failed|passed|skipped)", line):  # pytest's own summary: not ours
+        # pytest's own summary line (translated under zh): not ours
+        if re.match(r"^\d+ (failed|passed|skipped|个)", line):
             break
         block.append(line.rstrip())
     return "\n".join(block).strip("\n")
