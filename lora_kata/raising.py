@@ -8,7 +8,7 @@ lora_kata/messages). Everything else is as with pytest.raises: an exception of a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,13 +24,26 @@ class Raised:
 
 @contextmanager
 def must_raise(
-    expected: type[BaseException] | tuple[type[BaseException], ...], message: str
+    expected: type[BaseException] | tuple[type[BaseException], ...],
+    message: str,
+    instead: Callable[[Exception], str] | None = None,
 ) -> Iterator[Raised]:
-    """The block must raise `expected`; if it raises nothing the test fails with `message`."""
+    """The block must raise `expected`; if it raises nothing the test fails with `message`.
+
+    With `instead`, another exception (say a KeyError from deep inside, where a ValueError
+    should have refused the input up front) fails the test with `instead(error)`, a message
+    that names the mistake; without it, or for the stub's NotImplementedError, it goes through.
+    """
     raised = Raised()
     try:
         yield raised
     except expected as error:
         raised.value = error
         return
+    except NotImplementedError:
+        raise
+    except Exception as error:
+        if instead is None:
+            raise
+        pytest.fail(instead(error), pytrace=False)
     pytest.fail(message, pytrace=False)

@@ -284,7 +284,16 @@ def test_an_unexpected_key_is_an_error(tmp_path):
     extra = f"{PREFIX}model.decoder.layers.0.self_attn.k_proj.lora_A.weight"
     tensors[extra] = torch.zeros(4, 32)
     write_weights(tmp_path, tensors)
-    with must_raise(ValueError, msg("09.unexpected_key_accepted", key=extra)) as raised:
+    with must_raise(
+        ValueError,
+        msg("09.unexpected_key_accepted", key=extra),
+        instead=lambda error: msg(
+            "09.unexpected_key_raised_instead",
+            key=extra,
+            error_type=type(error).__name__,
+            error=error,
+        ),
+    ) as raised:
         adapter.load_adapter(fresh_base(), tmp_path)
     assert extra in str(raised.value), msg("09.unexpected_key_named", key=extra, error=raised.value)
 
@@ -294,7 +303,13 @@ def test_a_shape_mismatch_is_an_error_and_leaves_the_model_untouched(tmp_path):
     adapter.save_adapter(model, tmp_path, config)
     other = fresh_base(hidden_size=40, word_embed_proj_dim=40)  # same names, other shapes
     before = {k: v.clone() for k, v in other.state_dict().items()}
-    with must_raise(ValueError, msg("09.shape_mismatch_accepted")) as raised:
+    with must_raise(
+        ValueError,
+        msg("09.shape_mismatch_accepted"),
+        instead=lambda error: msg(
+            "09.shape_mismatch_raised_instead", error_type=type(error).__name__, error=error
+        ),
+    ) as raised:
         adapter.load_adapter(other, tmp_path)
     assert "shape" in str(raised.value).lower(), msg("09.shapes_named", error=raised.value)
     assert not lora_names(other) and set(other.state_dict()) == set(before), msg(
