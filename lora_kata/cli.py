@@ -168,6 +168,7 @@ def _pristine_ref(explicit: str | None) -> str:
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
+    lang = language(getattr(args, "lang", None))
     exercise = by_id(args.exercise)
     ref = _pristine_ref(args.ref)
     backups = REPO_ROOT / ".lora_kata" / "backup"
@@ -176,11 +177,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
         relative = f"exercises/{module}.py"
         shown = _git("show", f"{ref}:{relative}")
         if shown.returncode != 0:
-            print(
-                f"cannot read {relative} at {ref} from git: {shown.stderr.strip()}\n"
-                "Pass the commit holding the original stubs with --from REF.",
-                file=sys.stderr,
-            )
+            error = shown.stderr.strip()
+            print(t("reset unreadable", lang, file=relative, ref=ref, error=error), file=sys.stderr)
             return 2
         path = REPO_ROOT / relative
         current = path.read_text(encoding="utf-8")
@@ -189,8 +187,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
             restored = replace_definitions(current, shown.stdout, names)
         except SyntaxError as error:
             print(
-                f"{relative} does not parse (line {error.lineno}): fix it, or restore the whole "
-                f"file with `git checkout {ref} -- {relative}`.",
+                t("reset unparsable", lang, file=relative, line=error.lineno, ref=ref),
                 file=sys.stderr,
             )
             return 2
@@ -200,10 +197,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
         tmp = path.with_suffix(".py.tmp")
         tmp.write_text(restored, encoding="utf-8")
         os.replace(tmp, path)
-        print(
-            f"reset {', '.join(names)} in {relative} (from {ref}); "
-            f"your version is saved in {backup.relative_to(REPO_ROOT)}"
-        )
+        saved = backup.relative_to(REPO_ROOT)
+        print(t("reset done", lang, names=", ".join(names), file=relative, ref=ref, saved=saved))
     return 0
 
 

@@ -108,6 +108,22 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "{file} 里没有 `{name}`。测试按 kata 的 API 导入这些名字，一个不差；"
         "你是不是把 `{name}` 改名或删掉了？",
     },
+    "reset unreadable": {
+        "en": "cannot read {file} at {ref} from git: {error}\n"
+        "Pass the commit holding the original stubs with --from REF.",
+        "zh": "无法从 git 读取 {ref} 处的 {file}：{error}\n"
+        "请用 --from REF 指定保存着原始桩代码的提交。",
+    },
+    "reset unparsable": {
+        "en": "{file} does not parse (line {line}): fix it, or restore the whole file with "
+        "`git checkout {ref} -- {file}`.",
+        "zh": "{file} 无法解析（第 {line} 行）：请先修好它，或用 `git checkout {ref} -- {file}` "
+        "恢复整个文件。",
+    },
+    "reset done": {
+        "en": "reset {names} in {file} (from {ref}); your version is saved in {saved}",
+        "zh": "已把 {file} 中的 {names} 恢复为桩代码（来自 {ref}）；你的版本保存在 {saved}",
+    },
     "all failures": {"en": "Every failing test", "zh": "全部未通过的测试"},
     "kata is": {
         "en": "The kata is `pytest exercises/`. (Plain `pytest` here would be the kata's own "
