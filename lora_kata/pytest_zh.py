@@ -47,11 +47,14 @@ def translate(text: str) -> str:
 
 
 def speak_chinese(reporter) -> None:
-    """Route the reporter's section titles and status lines through `translate`."""
+    """Route the reporter's section titles and status lines through `translate`; the
+    originals stay at `reporter.lora_kata_untranslated` for the kata's own report."""
+    untranslated = {}
     for name in ("write_sep", "write_line", "rewrite"):
         original = getattr(reporter, name, None)
         if original is None:
             continue
+        untranslated[name] = original
 
         def wrapped(first, *args, _original=original, _name=name, **kwargs):
             if _name == "write_sep":  # write_sep(sep, title=None, ...)
@@ -64,3 +67,4 @@ def speak_chinese(reporter) -> None:
             return _original(text, *args, **kwargs)
 
         setattr(reporter, name, wrapped)
+    reporter.lora_kata_untranslated = untranslated

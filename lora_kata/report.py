@@ -192,9 +192,14 @@ def failure_heading(step: dict, lang: str) -> list[tuple[str, dict]]:
 
 def render_report(terminal, data: dict, lang: str) -> None:
     """Print the report with pytest's terminal writer (colours where the terminal has them)."""
-    terminal.write_sep("─", t("title", lang), bold=True)
+    # Under zh pytest's own lines go through a translator (lora_kata.pytest_zh); the report
+    # is already in the learner's language and must reach the terminal untouched.
+    writers = getattr(terminal, "lora_kata_untranslated", {})
+    write_sep = writers.get("write_sep", terminal.write_sep)
+    write_line = writers.get("write_line", terminal.write_line)
+    write_sep("─", t("title", lang), bold=True)
     for line, markup in report_lines(data, lang):
-        terminal.write_line(line, **markup)
+        write_line(line, **markup)
 
 
 def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:

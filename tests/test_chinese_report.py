@@ -61,6 +61,25 @@ def test_the_line_check_ignores_the_version_header_and_finds_a_sentence():
     )
 
 
+def test_pytests_own_lines_are_translated_and_other_text_is_left_alone():
+    from lora_kata.pytest_zh import translate
+
+    cases = {
+        "test session starts": "开始测试",
+        "collected 254 items / 200 deselected / 54 selected": (
+            "收集到 254 个测试 / 200 个未选中 / 54 个已选中"
+        ),
+        "2 failed, 113 passed, 139 skipped in 9.59s": (
+            "2 个未通过, 113 个通过, 139 个跳过，用时 9.59s"
+        ),
+        "exercises/tests/test_01_lora_layer.py ....  [  8%]": (
+            "exercises/tests/test_01_lora_layer.py ....  [  8%]"
+        ),
+    }
+    wrong = {k: translate(k) for k, v in cases.items() if translate(k) != v}
+    assert not wrong, f"translated differently: {wrong}"
+
+
 def test_a_wrong_forward_shows_no_english_sentence_under_zh(tmp_path):
     impl = WRONG_FORWARD.apply(tmp_path)
     run = run_kata_warm(impl, *AS_A_LEARNER, lang="zh")
