@@ -22,7 +22,7 @@ from pathlib import Path
 from lora_kata import REPO_ROOT, fingerprint, progress
 from lora_kata.catalog import by_id, load_catalog
 from lora_kata.i18n import label, language, t
-from lora_kata.messages import test_title
+from lora_kata.messages import title_of_test
 from lora_kata.report import refresh, report_lines, shown_message
 from lora_kata.splice import replace_definitions
 
@@ -83,7 +83,7 @@ def cmd_hint(args: argparse.Namespace) -> int:
     if step.get("id") == exercise.id and step.get("test") and level == 1:
         specific = exercise.hint_for_test(step["test"], lang)
         if specific:
-            name = test_title(step["id"], step["test"], lang) or step["test"]
+            name = title_of_test(step["id"], step["test"], lang) or step["test"]
             print(f"\n{name}{'：' if lang == 'zh' else ': '}{specific}")
     print()
     if level < len(exercise.hints):
@@ -130,7 +130,7 @@ def failure_lines(data: dict, lang: str = "en") -> list[str]:
         if record.get("outcome") != "failed":
             continue
         where = f" ({record['where']})" if record.get("where") else ""
-        title = test_title(record["exercise"], record["name"], lang)
+        title = title_of_test(record["exercise"], record["name"], lang)
         lines.append(f" ✘ {record['exercise']} {title or record['name']}{where}")
         if title:
             lines.append(f"     {label('test', lang)}{record['name']}")

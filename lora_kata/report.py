@@ -11,7 +11,7 @@ import unicodedata
 from lora_kata import REPO_ROOT, fingerprint
 from lora_kata.catalog import by_id
 from lora_kata.i18n import label, t
-from lora_kata.messages import test_title
+from lora_kata.messages import title_of_test
 from lora_kata.progress import (
     BROKEN_STATUS,
     DONE,
@@ -181,7 +181,7 @@ def shown_message(step: dict, lang: str) -> str:
 def failure_heading(step: dict, lang: str) -> list[tuple[str, dict]]:
     """ " ✘ <test>" (where it failed), or under zh the test's Chinese title, then its name."""
     where = f" ({step['where']})" if step.get("where") else ""
-    title = test_title(step["id"], step["test"], lang)
+    title = title_of_test(step["id"], step["test"], lang)
     if title is None:
         return [(f" ✘ {step['test']}{where}", {"red": True})]
     return [

@@ -91,7 +91,7 @@ def keys(lang: str) -> set[str]:
     return found
 
 
-def test_title(exercise_id: str, test_name: str, lang: str) -> str | None:
+def title_of_test(exercise_id: str, test_name: str, lang: str) -> str | None:
     """The test's name in `lang` (None in English, or where the catalogue has none)."""
     if lang == "en":
         return None
