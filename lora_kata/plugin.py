@@ -281,7 +281,7 @@ def _classify(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestRepor
     examples = [n for n in notes if "Falsifying example" in n or "example" in n.lower()]
     if examples:
         text = " ".join(examples[0].split())
-        call_args = re.search(r"Falsifying example: \w+\((.*)\)", text)
+        call_args = re.search(r"Falsifying (?:explicit )?example: \w+\((.*)\)", text)
         if call_args:  # "test_x( dims=(2, 3, 1), alpha=2.0, )" -> "dims=(2, 3, 1), alpha=2.0"
             text = call_args.group(1).strip().rstrip(",").strip()
         info["example"] = text[:300]

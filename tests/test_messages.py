@@ -32,8 +32,9 @@ ENGLISH_RUN = re.compile(r"(?<![\w.(-])[A-Za-z]{2,}(?:[ ,;:']+[A-Za-z]+){2,}(?![
 
 def english_sentences(text: str) -> list[str]:
     """The runs of English words in `text`, after code spans and placeholders are removed."""
-    # Code spans and quoted output ('index out of range': what a library prints) are not prose.
-    text = re.sub(r"`[^`]*`|'[^'\n]*'", " ", text)
+    # Code spans and quoted output ('index out of range', or “...” around an exception's text:
+    # what a library or the learner's own code said) are not prose.
+    text = re.sub(r"`[^`]*`|'[^'\n]*'|\"[^\"\n]*\"|“[^”]*”", " ", text)
     text = re.sub(r"\{[^{}]*\}", " 0 ", text)
     return [m.group(0) for m in ENGLISH_RUN.finditer(text)]
 
@@ -141,6 +142,38 @@ def test_chinese_templates_and_titles_hold_no_english_sentence(part):
     texts.update({f"titles.{k}": v for k, v in zh.get(TITLES, {}).items()})
     english = {k: english_sentences(v) for k, v in texts.items() if english_sentences(v)}
     assert not english, f"zh/{part}.toml: English left in {english}"
+
+
+def chinese_texts_of_the_catalogue_and_experiments() -> dict[str, str]:
+    """Every Chinese text the report, `hint` and `try` show besides the tests' messages."""
+    import tomllib
+
+    from lora_kata.catalog import load_catalog
+
+    texts = {}
+    for exercise in load_catalog():
+        texts[f"{exercise.id} title"] = exercise.title_in("zh")
+        for level in range(1, len(exercise.hints) + 1):
+            texts[f"{exercise.id} hint {level}"] = exercise.hint(level, "zh")
+        for test, hint in exercise.test_hints.items():
+            texts[f"{exercise.id} {test}"] = hint["zh"]
+    path = ROOT / "lora_kata" / "experiments" / "texts.toml"
+    experiments = tomllib.loads(path.read_text(encoding="utf-8"))
+    for key, entry in experiments.items():
+        if key == "table":
+            texts.update({f"table {k}": v for k, v in entry["zh"].items()})
+        else:
+            texts.update({f"try {key} {part}": entry[part]["zh"] for part in ("title", "look_for")})
+    return texts
+
+
+def test_chinese_hints_titles_and_experiment_texts_hold_no_english_sentence():
+    english = {
+        k: english_sentences(v)
+        for k, v in chinese_texts_of_the_catalogue_and_experiments().items()
+        if english_sentences(v)
+    }
+    assert not english, f"English in the Chinese hints, titles or experiment texts: {english}"
 
 
 @pytest.mark.parametrize("path", MESSAGE_FILES, ids=lambda p: p.name)
