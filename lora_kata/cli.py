@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lora_kata import REPO_ROOT, fingerprint, progress
 from lora_kata.catalog import by_id, load_catalog
-from lora_kata.i18n import label, language, t
+from lora_kata.i18n import colon, label, language, t
 from lora_kata.messages import title_of_test
 from lora_kata.report import refresh, report_lines, shown_message
 from lora_kata.splice import replace_definitions
@@ -84,7 +84,7 @@ def cmd_hint(args: argparse.Namespace) -> int:
         specific = exercise.hint_for_test(step["test"], lang)
         if specific:
             name = title_of_test(step["id"], step["test"], lang) or step["test"]
-            print(f"\n{name}{'：' if lang == 'zh' else ': '}{specific}")
+            print(f"\n{name}{colon(lang)}{specific}")
     print()
     if level < len(exercise.hints):
         print(f"{label('more hints', lang)}lora-kata hint {exercise.id} --level {level + 1}")
@@ -117,7 +117,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(line)
     if args.all:
         print()
-        print(t("all failures", lang) + ("：" if lang == "zh" else ":"))
+        print(t("all failures", lang) + colon(lang).rstrip())
         for line in failure_lines(data, lang):
             print(line)
     return 0

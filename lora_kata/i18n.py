@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 
 MESSAGES: dict[str, dict[str, str]] = {
     "title": {"en": "LoRA kata: your progress", "zh": "LoRA kata：学习进度"},
@@ -151,6 +152,16 @@ def t(key: str, lang: str, **fields: object) -> str:
     return (entry.get(lang) or entry["en"]).format(**fields)
 
 
+def colon(lang: str) -> str:
+    """ ": " in English, "：" (full width, no space) in Chinese."""
+    return "：" if lang == "zh" else ": "
+
+
 def label(key: str, lang: str) -> str:
     """A label and its colon: "Next: " in English, "下一步：" in Chinese."""
-    return t(key, lang) + ("：" if lang == "zh" else ": ")
+    return t(key, lang) + colon(lang)
+
+
+def display_width(text: str) -> int:
+    """Columns `text` takes in a terminal: a Chinese character takes two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)

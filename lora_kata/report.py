@@ -6,11 +6,10 @@ It is drawn from the same dict that is written to the progress file, so both alw
 from __future__ import annotations
 
 import dataclasses
-import unicodedata
 
 from lora_kata import REPO_ROOT, fingerprint
 from lora_kata.catalog import by_id
-from lora_kata.i18n import label, t
+from lora_kata.i18n import display_width, label, t
 from lora_kata.messages import title_of_test
 from lora_kata.progress import (
     BROKEN_STATUS,
@@ -34,12 +33,8 @@ COLOURS = {DONE: "green", FAILING: "red", BROKEN_STATUS: "red", WAITING_STATUS: 
 BAR_WIDTH = 30
 
 
-def _width(text: str) -> int:
-    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
-
 def _pad(text: str, width: int) -> str:
-    return text + " " * max(0, width - _width(text))
+    return text + " " * max(0, width - display_width(text))
 
 
 def _relative_lesson(exercise_id: str, lang: str) -> str:
@@ -208,7 +203,7 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
     exercises = data["exercises"]
     if data.get("impl", "exercises") != "exercises":
         out.append((" " + t("impl", lang, impl=data["impl"]), {"yellow": True}))
-    title_width = max(_width(by_id(e["id"]).title_in(lang)) for e in exercises) + 2
+    title_width = max(display_width(by_id(e["id"]).title_in(lang)) for e in exercises) + 2
     for e in exercises:
         exercise = by_id(e["id"])
         status = e["status"]

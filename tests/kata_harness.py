@@ -73,6 +73,14 @@ def _pytest_args(progress_path: Path, pytest_args: tuple[str, ...]) -> list[str]
     ]
 
 
+def _progress_of(path: Path) -> dict:
+    """The progress JSON a child run wrote ({} if it wrote none)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError:
+        return {}
+
+
 def run_kata(
     impl: str | Path,
     *pytest_args: str,
@@ -95,9 +103,7 @@ def run_kata(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
     try:
-        progress = json.loads(progress_path.read_text(encoding="utf-8"))
-    except OSError:
-        progress = {}
+        progress = _progress_of(progress_path)
     finally:
         progress_path.unlink(missing_ok=True)
     return KataRun(done.returncode, done.stdout + done.stderr, progress)
@@ -187,10 +193,7 @@ def run_kata_warm(
             child.join()
             raise subprocess.TimeoutExpired(["pytest", *args], timeout)
         output = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
-        try:
-            progress = json.loads(progress_path.read_text(encoding="utf-8"))
-        except OSError:
-            progress = {}
+        progress = _progress_of(progress_path)
     finally:
         progress_path.unlink(missing_ok=True)
         log.unlink(missing_ok=True)

@@ -14,8 +14,9 @@ import re
 
 import pytest
 
+from lora_kata.report import TEST_ERRORS
+from tests.english_support import english_sentences
 from tests.kata_harness import exercise_test_path, load_mutants, run_kata_warm, stop_warm
-from tests.test_messages import english_sentences
 
 MUTANTS = load_mutants()
 WRONG_FORWARD = next(m for m in MUTANTS if m.id == "scaling_missing_in_forward")
@@ -108,7 +109,7 @@ def test_every_catalogued_mistake_is_reported_in_chinese(mutant, tmp_path):
     shown = [
         t["message"]
         for t in failed
-        if t.get("why") == "wrong" and t.get("error_type") in ("AssertionError", "Failed")
+        if t.get("why") == "wrong" and t.get("error_type") in TEST_ERRORS
     ]
     not_chinese = [m for m in shown if not CJK.search(m)]
     assert not not_chinese, (

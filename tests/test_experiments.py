@@ -9,6 +9,7 @@ import pytest
 
 from lora_kata.experiments import EXPERIMENTS, FinishFirst, run
 from lora_kata.experiments.common import format_table, translate_cell
+from lora_kata.i18n import display_width
 
 # What each experiment must show on the reference, with the margin it is shown by.
 EXPECTED = {
@@ -73,9 +74,7 @@ def has_words(text: str) -> bool:
 def test_a_chinese_table_lines_up_and_keeps_the_values():
     table = format_table(["批大小", "waste"], [[4, 0.35], [16, 0.5]])
     lines = table.splitlines()
-    from lora_kata.report import _width
-
-    assert len({_width(line) for line in lines}) == 1, (
+    assert len({display_width(line) for line in lines}) == 1, (
         f"every line of the table should be as wide on screen (CJK = 2 columns):\n{table}"
     )
     assert translate_cell("loss after 40", "zh") == "40 步后的损失", (

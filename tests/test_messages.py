@@ -10,13 +10,13 @@ Chinese templates and titles hold no English sentence; every test has a Chinese 
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 import pytest
 
 from lora_kata import messages
 from lora_kata.messages import LANGUAGES, TITLES, catalogue, keys, placeholders
+from tests.english_support import english_sentences
 
 ROOT = Path(__file__).resolve().parent.parent
 EXERCISE_TESTS = sorted((ROOT / "exercises" / "tests").glob("test_*.py"))
@@ -24,19 +24,6 @@ EXERCISE_TESTS = sorted((ROOT / "exercises" / "tests").glob("test_*.py"))
 HELPERS = sorted((ROOT / "lora_kata").glob("testing*.py"))
 MESSAGE_FILES = EXERCISE_TESTS + HELPERS
 PARTS = sorted({p.stem for lang in LANGUAGES for p in (messages.HERE / lang).glob("*.toml")})
-
-# Three or more plain English words in a row ("should be zero"): code such as `lora_A`,
-# `base(x)`, `nn.Linear` or `r=4` is not a word here, so a Chinese sentence may quote code.
-ENGLISH_RUN = re.compile(r"(?<![\w.(-])[A-Za-z]{2,}(?:[ ,;:']+[A-Za-z]+){2,}(?![\w(.=-])")
-
-
-def english_sentences(text: str) -> list[str]:
-    """The runs of English words in `text`, after code spans and placeholders are removed."""
-    # Code spans and quoted output ('index out of range', or “...” around an exception's text:
-    # what a library or the learner's own code said) are not prose.
-    text = re.sub(r"`[^`]*`|'[^'\n]*'|\"[^\"\n]*\"|“[^”]*”", " ", text)
-    text = re.sub(r"\{[^{}]*\}", " 0 ", text)
-    return [m.group(0) for m in ENGLISH_RUN.finditer(text)]
 
 
 def test_the_english_detector_finds_prose_and_lets_code_through():

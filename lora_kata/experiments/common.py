@@ -6,13 +6,12 @@ import os
 import re
 import time
 import tomllib
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_kata import REPO_ROOT
-from lora_kata.i18n import label, t
+from lora_kata.i18n import display_width, label, t
 from lora_kata.impl import KataModuleBroken, implementation
 from lora_kata.progress import STUB_MESSAGE
 
@@ -83,15 +82,12 @@ def format_table(headers: list[str], rows: list[list[object]]) -> str:
             return f"{value:,}"
         return str(value)
 
-    def shown_width(text: str) -> int:  # Chinese characters take two columns
-        return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
-
     def right(text: str, width: int) -> str:
-        return " " * max(0, width - shown_width(text)) + text
+        return " " * max(0, width - display_width(text)) + text
 
     text = [[cell(v) for v in row] for row in rows]
     widths = [
-        max(shown_width(h), *(shown_width(r[i]) for r in text)) for i, h in enumerate(headers)
+        max(display_width(h), *(display_width(r[i]) for r in text)) for i, h in enumerate(headers)
     ]
     lines = ["  ".join(right(h, w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("─" * w for w in widths))
