@@ -1,12 +1,10 @@
 """The quotes data pipeline (exercise 06): load, tokenize, collate for a causal LM.
 
-The tutorial's three lines, made explicit:
-
-    data = load_dataset("Abirate/english_quotes")
-    data = data.map(lambda samples: tokenizer(samples["quote"]), batched=True)
-    Trainer(..., data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
-
-plus one thing the tutorial left out: an end-of-sequence token after every quote, so that the
+The tutorial does this in three calls, made explicit here: it loads the Abirate/english_quotes
+data set from the Hub with load_dataset, tokenizes its "quote" column with a batched map
+(batched=True, so the tokenizer gets a list of quotes per call), and gives its Trainer a
+DataCollatorForLanguageModeling with mlm=False as the data collator. This module adds one
+thing the tutorial left out: an end-of-sequence token after every quote, so that the
 fine-tuned model learns where a quote ends (the tutorial's own sample output runs on past it).
 A causal LM shifts inside its loss (the logits at t are scored against labels[t + 1]), so
 labels = input_ids, unshifted, with -100 (cross-entropy's ignore_index) on padding only.
