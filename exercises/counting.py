@@ -1,9 +1,13 @@
 """Counting parameters (exercise 03): the tutorial's trainable-parameter line.
 
-One adapted matrix W0 ∈ R^{d×k} adds A (r×k) and B (d×r): r·(k + d) parameters.
-The tutorial printed, for opt-6.7b with r=16 on q_proj and v_proj:
+One adapted matrix W0 ∈ R^{d×k} adds A (r×k) and B (d×r): r·(k + d) parameters. The tutorial
+counts opt-6.7b with r=16 on q_proj and v_proj and prints one line of this format:
 
-    trainable params: 8388608 || all params: 6666862592 || trainable%: 0.12582542214183376
+    trainable params: <T> || all params: <N> || trainable%: <P>
+
+T and N are plain integers and P is 100 · T / N printed as Python prints a float. For opt-6.7b
+(4096 → 4096, 32 layers) T = 32 · 2 · 16 · 8192 = 8388608 of N = 6666862592 parameters, and
+P = 0.12582542214183376 (0.126 %).
 
 Lesson: lessons/en/03-counting-parameters.md.
 """

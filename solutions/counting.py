@@ -1,8 +1,13 @@
 """Counting parameters (exercise 03): the tutorial's trainable-parameter line.
 
-One adapted matrix W0 ∈ R^{d×k} adds A (r×k) and B (d×r): r·(k + d) parameters. For opt-6.7b
-with r=16 on q_proj and v_proj (4096 → 4096, 32 layers) that is 32 · 2 · 16 · 8192 = 8,388,608,
-0.126 % of the model's 6,666,862,592.
+One adapted matrix W0 ∈ R^{d×k} adds A (r×k) and B (d×r): r·(k + d) parameters. The tutorial
+counts opt-6.7b with r=16 on q_proj and v_proj and prints one line of this format:
+
+    trainable params: <T> || all params: <N> || trainable%: <P>
+
+T and N are plain integers and P is 100 · T / N printed as Python prints a float. For opt-6.7b
+(4096 → 4096, 32 layers) T = 32 · 2 · 16 · 8192 = 8388608 of N = 6666862592 parameters, and
+P = 0.12582542214183376 (0.126 %).
 """
 
 from __future__ import annotations
