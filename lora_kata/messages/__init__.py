@@ -7,8 +7,9 @@ A test never writes its assertion message as an English f-string; it asks for it
 `msg` fills the template of the current language with the values (format specs and all:
 `{got:.4g}` reads the same in both languages). The catalogue of a language is the folder
 `lora_kata/messages/<lang>/`: `common.toml` for words several exercises share, `NN.toml` for
-exercise NN (split by exercise so that two people can work on two exercises at once). A key
-`"NN.name"` is the entry `name` of `NN.toml`; `"common.name"` is the entry of `common.toml`.
+exercise NN (split by exercise so that two people can work on two exercises at once), and
+`runner.toml` for the runner's own words (the report, the CLI; lora_kata.i18n.t reads them). A
+key `"NN.name"` is the entry `name` of `NN.toml`; `"common.name"` of `common.toml`, and so on.
 
 Each `zh/NN.toml` also holds `[titles]`: the Chinese name of every test of exercise NN, which
 the report shows in place of the test's (English) function name. English needs none.
@@ -25,8 +26,6 @@ import string
 import tomllib
 from pathlib import Path
 
-from lora_kata.i18n import language as _language_from_environment
-
 LANGUAGES = ("en", "zh")
 HERE = Path(__file__).resolve().parent
 TITLES = "titles"
@@ -42,7 +41,9 @@ def use_language(lang: str) -> None:
 
 
 def current_language() -> str:
-    return _current[0] if _current else _language_from_environment()
+    from lora_kata.i18n import language  # i18n's t() reads this package's catalogues
+
+    return _current[0] if _current else language()
 
 
 @functools.cache
@@ -57,7 +58,7 @@ def catalogue(lang: str, part: str) -> dict:
 def template(key: str, lang: str) -> str:
     part, dot, name = key.partition(".")
     if not dot or not name:
-        raise KeyError(f"message key {key!r} should be 'NN.name' or 'common.name'")
+        raise KeyError(f"message key {key!r} should be 'part.name' (part: NN, common, runner)")
     entry = catalogue(lang, part).get(name)
     if not isinstance(entry, str):
         raise KeyError(
