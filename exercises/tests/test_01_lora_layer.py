@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from lora_kata.impl import implementation
 from lora_kata.messages import msg
+from lora_kata.raising import must_raise
 from lora_kata.testing import distinct_dims
 
 lora = implementation("lora")
@@ -158,24 +159,19 @@ def test_dropout_module_is_dropout_with_p_or_identity():
     ids=["r=0", "r<0", "r=2.0", "r=True", "alpha=0", "alpha<0", "dropout<0", "dropout=1"],
 )
 def test_rejects_bad_hyperparameters_with_a_value_error_naming_them(kwargs, names):
-    try:
-        lora.LoRALinear(torch.nn.Linear(6, 10), **kwargs)
-    except ValueError as error:
-        message = str(error)
-    except NotImplementedError:
-        raise  # the stub: the report says "not started", not "wrong exception"
-    except Exception as error:  # say what was raised instead, not a bare traceback
-        pytest.fail(
-            msg(
-                "01.bad_hyperparameter_wrong_error",
-                kwargs=kwargs,
-                names=names,
-                error_type=type(error).__name__,
-                error=error,
-            )
+    def raised_another(error: Exception) -> str:  # what was raised instead, not a traceback
+        return msg(
+            "01.bad_hyperparameter_wrong_error",
+            kwargs=kwargs,
+            names=names,
+            error_type=type(error).__name__,
+            error=error,
         )
-    else:
-        pytest.fail(msg("01.bad_hyperparameter_accepted", kwargs=kwargs, names=names))
+
+    accepted = msg("01.bad_hyperparameter_accepted", kwargs=kwargs, names=names)
+    with must_raise(ValueError, accepted, instead=raised_another) as raised:
+        lora.LoRALinear(torch.nn.Linear(6, 10), **kwargs)
+    message = str(raised.value)
     assert names_the_argument(message, names), msg(
         "01.bad_hyperparameter_named", kwargs=kwargs, names=names, message=message
     )
