@@ -242,6 +242,9 @@ def test_peft_print_trainable_parameters_uses_separators_and_four_decimals():
         f"expected peft's line like 'trainable params: 1,024 || all params: 36,640 || "
         f"trainable%: 2.7948', found {line!r}: the lessons quote an outdated format"
     )
+    # Lesson 03 and the README quote this exact line for the tiny OPT (r=4 on q and v).
+    quoted = "trainable params: 1,024 || all params: 36,640 || trainable%: 2.7948"
+    assert line == quoted, f"expected the quoted line {quoted!r}, found {line!r}"
 
 
 @claim(L03, "What changed")
