@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lora_kata.catalog import by_id, load_catalog  # noqa: E402
-from lora_kata.fingerprint import dependencies, import_graph  # noqa: E402
+from lora_kata.runner.fingerprint import dependencies, import_graph  # noqa: E402
 
 GOAL_RATIO = 1.5
 GOAL_08_S = 10.0
@@ -58,8 +58,8 @@ HEAVY = (
     "matplotlib",
     "numpy",
 )
-# What the kata's runner sets before any test imports (lora_kata/plugin.py); the floor gets it
-# too, so the comparison is import for import.
+# What the kata's runner sets before any test imports (lora_kata/runner/plugin.py); the floor
+# gets it too, so the comparison is import for import.
 KATA_ENV = {"TORCHDYNAMO_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 

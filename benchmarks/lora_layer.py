@@ -58,7 +58,7 @@ QUICK_SHAPES = [(64, 96, 160, 4), (32, 256, 256, 16)]
 def load_lora(impl: str):
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    from lora_kata.impl import load
+    from lora_kata.catalog.impl import load
 
     return load("lora", impl)
 

@@ -68,7 +68,7 @@ def load_impl(impl: str):
         sys.path.insert(0, str(REPO_ROOT))
     from types import SimpleNamespace
 
-    from lora_kata.impl import load
+    from lora_kata.catalog.impl import load
 
     names = ("data", "inject", "int8", "pack")
     return SimpleNamespace(**{name: load(name, impl) for name in names})
@@ -81,7 +81,7 @@ def build_model(kata, name: str | None, device: torch.device):
     config = kata.inject.LoRAConfig(**LORA)
     if name is None:
         from lora_kata.capstone.settings import SMALL_OPT
-        from lora_kata.tiny import build_tiny_opt, quotes_tokenizer
+        from lora_kata.models.tiny import build_tiny_opt, quotes_tokenizer
 
         model = build_tiny_opt(0, **SMALL_OPT).to(device)
         tokenizer = quotes_tokenizer(model.config.vocab_size)
@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     if too_long:
         raise SystemExit(f"--max-lengths {too_long} exceed the model's {positions} positions")
 
-    from lora_kata.tiny import quote_texts
+    from lora_kata.models.tiny import quote_texts
 
     texts = quote_texts()
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))

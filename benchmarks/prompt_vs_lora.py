@@ -4,7 +4,7 @@
     python benchmarks/prompt_vs_lora.py --steps 20        # a quicker run
     python benchmarks/prompt_vs_lora.py --impl exercises  # your own code (or a package path)
 
-The base: a tiny OPT (lora_kata.tiny: hidden 32, 2 layers, seeded random weights) given a
+The base: a tiny OPT (lora_kata.models.tiny: hidden 32, 2 layers, seeded random weights) given a
 short full fine-tune on the quotes first (--base-steps), so that it is a language model of
 sorts rather than noise. Then two copies of that one base:
 
@@ -63,7 +63,7 @@ def batches(tokenizer, collate, pad_id, batch_size, steps, seed):
     """`steps` shuffled training batches and one held-out batch, as tensors."""
     import torch
 
-    from lora_kata.tiny import quote_texts
+    from lora_kata.models.tiny import quote_texts
 
     features = [
         dict(tokenizer(text, truncation=True, max_length=MAX_LENGTH)) for text in quote_texts()
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     import torch
 
-    from lora_kata.impl import load
-    from lora_kata.tiny import PAD_ID, build_tiny_opt, quotes_tokenizer
+    from lora_kata.catalog.impl import load
+    from lora_kata.models.tiny import PAD_ID, build_tiny_opt, quotes_tokenizer
 
     inject, prompt = load("inject", args.impl), load("prompt", args.impl)
     train_step = load("train", args.impl).train_step

@@ -3,7 +3,7 @@
     python benchmarks/seed_recipe.py            # GPU: an opt-6.7b-shaped OPT, random weights
     python benchmarks/seed_recipe.py --tiny     # CPU dry run of the same code on a small OPT
 
-Nothing is downloaded. The model is facebook/opt-6.7b's shape (lora_kata.tiny.opt_6_7b_config)
+Nothing is downloaded. The model is facebook/opt-6.7b's shape (models.tiny.opt_6_7b_config)
 with random fp16 weights, built once, saved to --workdir, and loaded back in 8-bit by each path
 exactly as a hub checkpoint would be. Each path runs in its own Python process, so that its
 memory numbers start from zero:
@@ -51,8 +51,8 @@ def build_model(directory: Path, tiny: bool) -> Path:
     import torch
     from transformers import OPTForCausalLM
 
-    from lora_kata.cli_finetune import SMALL_OPT
-    from lora_kata.tiny import opt_6_7b_config, quotes_tokenizer, tiny_opt_config
+    from lora_kata.capstone.settings import SMALL_OPT
+    from lora_kata.models.tiny import opt_6_7b_config, quotes_tokenizer, tiny_opt_config
 
     marker = directory / "BUILT"
     if marker.is_file():
@@ -80,7 +80,7 @@ def build_model(directory: Path, tiny: bool) -> Path:
 
 def packed_rows(seq_len: int, n_rows: int) -> list[list[int]]:
     """Quotes tokenized back to back and cut into seq_len rows (no padding)."""
-    from lora_kata.tiny import quote_texts, quotes_tokenizer
+    from lora_kata.models.tiny import quote_texts, quotes_tokenizer
 
     tokenizer = quotes_tokenizer(512)
     stream: list[int] = []
@@ -100,7 +100,7 @@ def load_path(path: str, model_dir: str, impl: str):
 
     cuda = torch.cuda.is_available()
     if path == "reference":
-        from lora_kata.impl import load
+        from lora_kata.catalog.impl import load
 
         int8, inject = load("int8", impl), load("inject", impl)
         model = int8.load_in_8bit(model_dir)
@@ -128,7 +128,7 @@ def model_bytes(model) -> int:
 def run_path(args) -> dict:
     import torch
 
-    from lora_kata.impl import load
+    from lora_kata.catalog.impl import load
 
     train = load("train", args.impl)
     cuda = torch.cuda.is_available()

@@ -1,3 +1,3 @@
-from lora_kata.cli import main
+from lora_kata.cli.main import main
 
 raise SystemExit(main())

@@ -3,7 +3,7 @@
 The model arrives loaded in 8-bit, prepared and injected (load_in_8bit →
 prepare_for_int8_training → inject_lora); `finetune` runs the training loop the tutorial got
 from transformers' Trainer, and `generate` decodes the tutorial's prompt greedily.
-`python -m solutions.finetune` runs the whole job (lora_kata/cli_finetune.py).
+`python -m solutions.finetune` runs the whole job (lora_kata/capstone/).
 """
 
 from __future__ import annotations
@@ -182,6 +182,6 @@ def generate(model, tokenizer, prompt=PROMPT, max_new_tokens=50) -> str:
 
 
 if __name__ == "__main__":
-    from lora_kata.cli_finetune import main
+    from lora_kata.capstone.run import main
 
     raise SystemExit(main(__package__))

@@ -27,7 +27,8 @@ def _asked_for_the_quality_suite(config: pytest.Config) -> bool:
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if _asked_for_the_quality_suite(config):
         return None
-    from lora_kata.i18n import language, t
+    from lora_kata.messages import t
+    from lora_kata.messages.language import language
 
     print(t("kata is", language()))
     return int(pytest.ExitCode.USAGE_ERROR)

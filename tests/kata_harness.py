@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_kata.catalog import Exercise, by_id
-from lora_kata.splice import replace_definitions
+from lora_kata.runner.splice import replace_definitions
 
 REPO = Path(__file__).resolve().parent.parent
 MUTANTS_DIR = Path(__file__).resolve().parent / "mutants"

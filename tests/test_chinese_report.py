@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from lora_kata.report import TEST_ERRORS
+from lora_kata.runner.report import TEST_ERRORS
 from tests.english_support import english_sentences
 from tests.kata_harness import exercise_test_path, load_mutants, run_kata_warm, stop_warm
 
@@ -64,7 +64,7 @@ def test_the_line_check_ignores_the_version_header_and_finds_a_sentence():
 
 
 def test_pytests_own_lines_are_translated_and_other_text_is_left_alone():
-    from lora_kata.pytest_zh import translate
+    from lora_kata.messages.pytest_zh import translate
 
     cases = {
         "test session starts": "开始测试",

@@ -51,7 +51,7 @@ def _quiet():
 
 def _eight_bit_model():
     """A fresh tiny OPT (fp16 checkpoint) loaded with BitsAndBytesConfig(load_in_8bit=True)."""
-    from lora_kata.testing_int8 import load_tiny_opt_in_8bit, tiny_opt_fp16_dir
+    from lora_kata.testing.int8 import load_tiny_opt_in_8bit, tiny_opt_fp16_dir
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -87,7 +87,7 @@ def _peft_adapter_files() -> tuple[dict, dict]:
     import torch
     from safetensors.torch import load_file
 
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = _peft(build_tiny_opt(0), ["q_proj", "v_proj"])
     with torch.no_grad():
@@ -108,7 +108,7 @@ def _load_into_peft(config: dict, tensors: dict):
     from peft import PeftModel
     from safetensors.torch import save_file
 
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     with tempfile.TemporaryDirectory() as directory:
         Path(directory, "adapter_config.json").write_text(json.dumps(config))
@@ -155,7 +155,7 @@ def test_peft_default_init_is_kaiming_uniform_A_and_zero_B_and_other_inits_exist
 
     from peft import LoraConfig
 
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = _peft(build_tiny_opt(0), ["q_proj"])
     layer = model.base_model.model.model.decoder.layers[0].self_attn.q_proj
@@ -194,7 +194,7 @@ def test_grad_scaler_refuses_fp16_gradients():
 def test_peft_use_rslora_scales_by_alpha_over_sqrt_r():
     import math
 
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     for use_rslora, expected in ((False, 32 / 16), (True, 32 / math.sqrt(16))):
         model = _peft(build_tiny_opt(0), ["q_proj"], r=16, lora_alpha=32, use_rslora=use_rslora)
@@ -208,7 +208,7 @@ def test_peft_use_rslora_scales_by_alpha_over_sqrt_r():
 
 @claim(L03, "From the tutorial")
 def test_named_parameters_yields_the_tied_lm_head_once():
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = build_tiny_opt(0)
     assert model.lm_head.weight is model.model.decoder.embed_tokens.weight, (
@@ -230,7 +230,7 @@ def test_named_parameters_yields_the_tied_lm_head_once():
 
 @claim(L03, "What changed", README, (L10, "What changed"))
 def test_peft_print_trainable_parameters_uses_separators_and_four_decimals():
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = _peft(build_tiny_opt(0), ["q_proj", "v_proj"])
     printed = io.StringIO()
@@ -288,7 +288,7 @@ def _opt_block_linear_names(model) -> list[str]:
 
 @claim(L04, "Pitfalls")
 def test_substring_proj_matches_four_modules_per_opt_block_and_q_only_q_proj():
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     names = _opt_block_linear_names(build_tiny_opt(0))
     by_proj = [n for n in names if "proj" in n.rsplit("layers.0.", 1)[1]]
@@ -306,7 +306,7 @@ def test_substring_proj_matches_four_modules_per_opt_block_and_q_only_q_proj():
 
 @claim(L04, "The idea", (L04, "From the tutorial"))
 def test_peft_list_entries_match_whole_name_components_and_strings_fullmatch():
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = _peft(build_tiny_opt(0), ["q_proj", "v_proj"])
     wrapped = _wrapped_by_peft(model)
@@ -327,7 +327,7 @@ def _lesson_regexes(path: str) -> list[str]:
 
 @claim(L04, "The idea")
 def test_the_regex_in_lesson_04_selects_layers_0_and_1_q_proj_as_copied():
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     layered = {}
     for path in (L04, zh_counterpart(L04)):
@@ -353,7 +353,7 @@ def test_the_regex_in_lesson_04_selects_layers_0_and_1_q_proj_as_copied():
 
 @claim(L04, "What changed", (L03, "The formula"))
 def test_peft_defaults_to_q_proj_and_v_proj_for_opt():
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = _peft(build_tiny_opt(0), None)
     found = sorted(model.peft_config["default"].target_modules)
@@ -382,7 +382,7 @@ def test_setattr_with_a_dotted_name_registers_a_new_literal_child():
 def test_bitsandbytes_stores_round_127_w_over_row_absmax_with_scb_the_absmax():
     import torch
 
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = _eight_bit_model()
     layer = model.model.decoder.layers[0].self_attn.q_proj
@@ -416,7 +416,7 @@ def test_peft_merges_into_an_8bit_base_with_a_rounding_warning():
 def test_from_pretrained_load_in_8bit_keyword_raises_type_error():
     from transformers import AutoModelForCausalLM
 
-    from lora_kata.testing_int8 import tiny_opt_fp16_dir
+    from lora_kata.testing.int8 import tiny_opt_fp16_dir
 
     with pytest.raises(TypeError, match="unexpected keyword argument 'load_in_8bit'"), _quiet():
         AutoModelForCausalLM.from_pretrained(str(tiny_opt_fp16_dir()), load_in_8bit=True)
@@ -447,7 +447,7 @@ def test_dtype_replaces_torch_dtype_in_from_pretrained():
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from lora_kata.testing_int8 import tiny_opt_fp16_dir
+    from lora_kata.testing.int8 import tiny_opt_fp16_dir
 
     directory = str(tiny_opt_fp16_dir())
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
@@ -522,7 +522,7 @@ def test_prepare_model_for_kbit_training_skips_its_input_grad_hook_when_not_reen
 def test_reentrant_checkpointing_without_the_input_grad_hook_gives_lora_no_gradient():
     import torch
 
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     def lora_gradients(reentrant: bool, hook: bool):
         model = _peft(build_tiny_opt(0), ["q_proj"])
@@ -554,7 +554,7 @@ def test_reentrant_checkpointing_without_the_input_grad_hook_gives_lora_no_gradi
 
 @claim(L07, "What changed")
 def test_gradient_checkpointing_enable_is_a_deprecated_alias():
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = build_tiny_opt(0)
     with pytest.warns(FutureWarning, match="activation_checkpointing_enable"):
@@ -566,7 +566,7 @@ def test_gradient_checkpointing_enable_is_a_deprecated_alias():
 def test_activation_checkpointing_enable_defaults_to_non_reentrant_and_hooks_input_grads():
     import torch
 
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = build_tiny_opt(0)
     assert _input_grad_hooks(model) == 0, "expected no input-grad hook on a fresh model"
@@ -591,7 +591,7 @@ def test_activation_checkpointing_enable_defaults_to_non_reentrant_and_hooks_inp
 def test_checkpointing_in_training_switches_the_kv_cache_off():
     import torch
 
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = build_tiny_opt(0)
     model.activation_checkpointing_enable()
@@ -610,7 +610,7 @@ def test_checkpointing_in_training_switches_the_kv_cache_off():
 def test_data_collator_for_language_modeling_masks_every_pad_id_token():
     from transformers import DataCollatorForLanguageModeling
 
-    from lora_kata.tiny import EOS_ID, quotes_tokenizer
+    from lora_kata.models.tiny import EOS_ID, quotes_tokenizer
 
     tokenizer = quotes_tokenizer()
     tokenizer.pad_token = tokenizer.eos_token  # the common recipe: pad = eos
@@ -641,7 +641,7 @@ def test_the_trainer_drops_unused_columns_by_default():
 def test_generate_stops_at_the_eos_token_id():
     import torch
 
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = build_tiny_opt(0)
     prompt = torch.tensor([[5, 6, 7]])
@@ -715,7 +715,7 @@ def test_trainer_refuses_a_purely_quantized_model():
 def test_causal_lm_loss_with_num_items_in_batch_divides_by_label_tokens():
     import torch
 
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = build_tiny_opt(0)
     ids = torch.tensor([[5, 6, 7, 8, 9]])
@@ -898,7 +898,7 @@ def test_fp16_drops_an_update_smaller_than_half_its_step():
 def test_peft_keeps_fp32_adapters_on_an_fp16_base_and_returns_the_base_dtype():
     import torch
 
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = _peft(build_tiny_opt(0).half(), ["q_proj"])
     layer = model.base_model.model.model.decoder.layers[0].self_attn.q_proj
@@ -913,7 +913,7 @@ def test_peft_keeps_fp32_adapters_on_an_fp16_base_and_returns_the_base_dtype():
 
 @claim(L03, "What changed")
 def test_an_8bit_weight_counts_one_parameter_per_value():
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     fp32 = sum(p.numel() for p in build_tiny_opt(0).parameters())
     int8 = sum(p.numel() for p in _eight_bit_model().parameters())
@@ -924,7 +924,7 @@ def test_an_8bit_weight_counts_one_parameter_per_value():
 
 @claim(L04, "What changed")
 def test_peft_all_linear_wraps_every_block_linear_in_a_base_layer():
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = _peft(build_tiny_opt(0), "all-linear")
     wrapped = _wrapped_by_peft(model)
@@ -952,7 +952,7 @@ def test_peft_model_wraps_a_lora_model_that_wraps_the_original():
     from peft import LoraModel, PeftModelForCausalLM
     from transformers import OPTForCausalLM
 
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = _peft(build_tiny_opt(0), ["q_proj"])
     layers = [type(model), type(model.base_model), type(model.base_model.model)]
@@ -963,7 +963,7 @@ def test_peft_model_wraps_a_lora_model_that_wraps_the_original():
 
 @claim(L04, "The idea")
 def test_peft_bias_all_trains_every_bias_and_lora_only_the_wrapped_ones():
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     def trainable_biases(bias):
         model = _peft(build_tiny_opt(0), ["q_proj"], bias=bias)
@@ -998,7 +998,7 @@ def test_peft_merge_and_unload_returns_the_plain_model_and_safe_merge_catches_na
     from peft.tuners.tuners_utils import BaseTunerLayer
     from transformers import OPTForCausalLM
 
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     merged = _peft(build_tiny_opt(0), ["q_proj"]).merge_and_unload()
     assert type(merged) is OPTForCausalLM and not any(
@@ -1056,7 +1056,7 @@ def test_bitsandbytes_runs_8bit_forward_and_backward_on_the_cpu():
 def test_an_8bit_load_refuses_a_device_map_that_spills_onto_cpu_or_disk():
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from lora_kata.testing_int8 import tiny_opt_fp16_dir
+    from lora_kata.testing.int8 import tiny_opt_fp16_dir
 
     with pytest.raises(ValueError, match="llm_int8_enable_fp32_cpu_offload"), _quiet():
         AutoModelForCausalLM.from_pretrained(

@@ -8,7 +8,7 @@ import threading
 import time
 
 from lora_kata.catalog import by_id
-from lora_kata.cli import main
+from lora_kata.cli.main import main
 from tests.kata_harness import REPO, clean_env, copy_kata
 
 

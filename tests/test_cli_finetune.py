@@ -13,7 +13,7 @@ from lora_kata.capstone.arguments import device_map_from, parse_args
 from lora_kata.capstone.models import choose_model
 from lora_kata.capstone.outputs import write_atomically
 from lora_kata.capstone.pieces import PieceMissing, finetune_options, load_quantized
-from lora_kata.cli_finetune import main
+from lora_kata.capstone.run import main
 from tests.kata_harness import REPO, clean_env
 
 

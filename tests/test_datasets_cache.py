@@ -17,8 +17,8 @@ def _text_of(samples):
 
 PROBE = '''
 """Tokenizes a file-backed dataset (one with cache files, where map caches)."""
-from lora_kata.impl import implementation
-from lora_kata.tiny import quotes_tokenizer
+from lora_kata.catalog.impl import implementation
+from lora_kata.models.tiny import quotes_tokenizer
 
 data = implementation("data")
 

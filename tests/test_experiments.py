@@ -9,7 +9,7 @@ import pytest
 
 from lora_kata.experiments import EXPERIMENTS, FinishFirst, run
 from lora_kata.experiments.common import format_table, translate_cell
-from lora_kata.i18n import display_width
+from lora_kata.messages.language import display_width
 
 # What each experiment must show on the reference, with the margin it is shown by.
 EXPECTED = {

@@ -1,7 +1,7 @@
 """An exercise's old result counts only while the files it depends on are unchanged."""
 
-from lora_kata import fingerprint
 from lora_kata.catalog import load_catalog
+from lora_kata.runner import fingerprint
 from tests.kata_harness import copy_solutions
 
 

@@ -167,7 +167,7 @@ def test_each_exercise_fails_on_its_own_untouched_stub(exercise, tmp_path):
 
 def _seed_all_done(impl, path):
     """A progress file saying every exercise passed on the implementation as it is now."""
-    from lora_kata import fingerprint
+    from lora_kata.runner import fingerprint
 
     prints = fingerprint.fingerprints(str(impl))
     exercises = [

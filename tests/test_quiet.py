@@ -4,7 +4,7 @@ import logging
 import subprocess
 import sys
 
-from lora_kata.quiet import NOTICES, silence_bitsandbytes_cpu_notices
+from lora_kata.models.quiet import NOTICES, silence_bitsandbytes_cpu_notices
 from tests.kata_harness import REPO, clean_env
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lora_kata.raising import must_raise
+from lora_kata.testing.raising import must_raise
 
 
 def test_the_expected_exception_is_caught_and_kept():

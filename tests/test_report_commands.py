@@ -4,8 +4,8 @@ import json
 import subprocess
 import sys
 
-from lora_kata import fingerprint
-from lora_kata.cli import main
+from lora_kata.cli.main import main
+from lora_kata.runner import fingerprint
 from tests.kata_harness import REPO, clean_env, copy_kata, run_kata
 
 

@@ -1,4 +1,4 @@
-"""`pytest exercises/ -k test_NN` imports only exercise NN's test file (lora_kata/collect.py)."""
+"""`pytest exercises/ -k test_NN` imports only exercise NN's test file (runner/collect.py)."""
 
 import json
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from lora_kata.catalog import load_catalog
-from lora_kata.collect import keyword_excludes_file
+from lora_kata.runner.collect import keyword_excludes_file
 from tests.kata_harness import REPO, clean_env
 
 FILES = {e.id: e.test_file for e in load_catalog()}

@@ -12,10 +12,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lora_kata.impl import implementation
+from lora_kata.catalog.impl import implementation
 from lora_kata.messages import msg
-from lora_kata.raising import must_raise
-from lora_kata.testing import distinct_dims
+from lora_kata.testing.properties import distinct_dims
+from lora_kata.testing.raising import must_raise
 
 lora = implementation("lora")
 

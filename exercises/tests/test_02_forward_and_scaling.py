@@ -13,9 +13,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lora_kata.impl import implementation
+from lora_kata.catalog.impl import implementation
 from lora_kata.messages import msg
-from lora_kata.testing import distinct_dims, seeded_linear, seeded_randn
+from lora_kata.testing.properties import distinct_dims, seeded_linear, seeded_randn
 
 lora = implementation("lora")
 
@@ -42,6 +42,30 @@ def expected_scaling(alpha, r, rslora=False):
     return alpha / math.sqrt(r) if rslora else alpha / r
 
 
+def update_factor(got, reference):
+    """(f, proportional): the least-squares f with got ≈ f · reference, and whether got is that
+    multiple of reference (to fp32 rounding) rather than some other tensor."""
+    f = float((got * reference).sum() / (reference * reference).sum())
+    proportional = torch.allclose(got, f * reference, atol=ATOL * max(1.0, abs(f)), rtol=1e-4)
+    return f, proportional
+
+
+def update_mistake(got, reference, scaling):
+    """Which mistake makes `got` differ from the scaled `reference`: "other" (not a multiple of
+    it), "none" (zero), "unscaled", "twice" (the scaling squared) or "factor" (another number);
+    and the factor got is of the unscaled reference."""
+    factor, proportional = update_factor(got, reference / scaling)
+    if not proportional:
+        return "other", factor
+    if abs(factor) < 1e-6:
+        return "none", factor
+    if factor == pytest.approx(1.0, rel=1e-4):
+        return "unscaled", factor
+    if factor == pytest.approx(scaling * scaling, rel=1e-4):
+        return "twice", factor
+    return "factor", factor
+
+
 def without_dropout(layer):
     """The same layer (same weights) with lora_dropout replaced by nn.Identity: what the
     layer computes when nothing is dropped, by your own forward."""
@@ -52,8 +76,15 @@ def without_dropout(layer):
 
 @given(st.floats(0.25, 256, allow_nan=False), st.integers(1, 256))
 def test_scaling_is_alpha_over_r(alpha, r):
-    assert lora.lora_scaling(alpha, r) == pytest.approx(alpha / r, rel=1e-12), msg(
-        "02.scaling_alpha_over_r", alpha=alpha, r=r, want=alpha / r
+    got = lora.lora_scaling(alpha, r)
+    if got == pytest.approx(r / alpha, rel=1e-12):
+        why = msg("02.scaling_inverted")
+    elif got == alpha // r:
+        why = msg("02.scaling_floor_division")
+    else:
+        why = ""
+    assert got == pytest.approx(alpha / r, rel=1e-12), msg(
+        "02.scaling_alpha_over_r", alpha=alpha, r=r, want=alpha / r, got=got, why=why
     )
 
 
@@ -103,13 +134,17 @@ def test_delta_weight_is_scaling_times_B_at_A_with_the_base_weight_shape(dims, a
     )
     scaling = float(layer.scaling)  # your lora_scaling: its value is checked above
     expected = scaling * (layer.lora_B.detach() @ layer.lora_A.detach())
-    unscaled = torch.allclose(delta.detach(), expected / scaling, atol=ATOL)
-    assert torch.allclose(delta.detach(), expected, atol=ATOL * max(1.0, scaling)), msg(
-        "02.delta_weight_value",
-        why=msg("02.delta_weight_unscaled")
-        if unscaled
-        else msg("02.delta_weight_unscaled_or_swapped"),
-    )
+    if torch.allclose(delta.detach(), expected, atol=ATOL * max(1.0, scaling)):
+        return
+    mistake, factor = update_mistake(delta.detach(), expected, scaling)
+    why = {
+        "other": lambda: msg("02.delta_weight_not_proportional"),
+        "none": lambda: msg("02.delta_weight_no_update"),
+        "unscaled": lambda: msg("02.delta_weight_unscaled"),
+        "twice": lambda: msg("02.delta_weight_scaled_twice", scaling=scaling),
+        "factor": lambda: msg("02.delta_weight_wrong_factor", factor=factor, scaling=scaling),
+    }[mistake]()
+    pytest.fail(msg("02.delta_weight_value", why=why))
 
 
 @given(distinct_dims(), st.floats(0.5, 64, allow_nan=False), st.integers(1, 3))
@@ -121,15 +156,21 @@ def test_forward_adds_the_scaled_update_to_the_base_output(dims, alpha, batch_di
     assert tuple(got.shape) == (*x.shape[:-1], d), msg(
         "02.forward_shape", k=k, d=d, got=tuple(got.shape), x_shape=tuple(x.shape)
     )
-    expected = layer.base(x) + reference_update(layer, x)
+    reference = reference_update(layer, x)
+    expected = layer.base(x) + reference
     scale = max(1.0, alpha / r)
-    unscaled = layer.base(x) + reference_update(layer, x) / float(layer.scaling)
-    missing = torch.allclose(got, unscaled, atol=ATOL * scale, rtol=1e-5)
-    assert torch.allclose(got, expected, atol=ATOL * scale, rtol=1e-5), msg(
-        "02.forward_value",
-        diff=(got - expected).abs().max().item(),
-        why=msg("02.forward_unscaled") if missing else msg("02.forward_unscaled_or_transposed"),
-    )
+    if torch.allclose(got, expected, atol=ATOL * scale, rtol=1e-5):
+        return
+    scaling = float(layer.scaling)
+    mistake, factor = update_mistake((got - layer.base(x)).detach(), reference, scaling)
+    why = {
+        "other": lambda: msg("02.forward_not_proportional"),
+        "none": lambda: msg("02.forward_no_update"),
+        "unscaled": lambda: msg("02.forward_unscaled"),
+        "twice": lambda: msg("02.forward_scaled_twice", scaling=scaling),
+        "factor": lambda: msg("02.forward_wrong_factor", factor=factor, scaling=scaling),
+    }[mistake]()
+    pytest.fail(msg("02.forward_value", diff=(got - expected).abs().max().item(), why=why))
 
 
 def test_forward_is_linear_in_the_update():

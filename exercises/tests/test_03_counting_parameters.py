@@ -13,9 +13,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
-from lora_kata.impl import implementation
+from lora_kata.catalog.impl import implementation
 from lora_kata.messages import msg
-from lora_kata.testing import distinct_dims
+from lora_kata.testing.properties import distinct_dims
 
 counting = implementation("counting")
 
@@ -28,7 +28,7 @@ OPT_6_7B_TIED_WEIGHT = 50272 * 4096  # what counting it twice adds
 
 @pytest.fixture(scope="module")
 def opt_6_7b():
-    from lora_kata.testing_models import opt_6_7b_on_meta
+    from lora_kata.testing.lora_models import opt_6_7b_on_meta
 
     return opt_6_7b_on_meta()
 
@@ -81,7 +81,7 @@ def test_buffers_are_not_counted():
 
 
 def test_tied_weights_are_counted_once():
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = build_tiny_opt()  # lm_head.weight is the same tensor as embed_tokens.weight
     assert model.lm_head.weight is model.model.decoder.embed_tokens.weight, msg(

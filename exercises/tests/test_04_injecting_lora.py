@@ -1,6 +1,6 @@
 """Exercise 04: finding target modules and injecting LoRA (exercises/inject.py).
 
-Most tests use a tiny OPT (hidden 32, 2 layers; lora_kata.tiny), whose attention block holds,
+Most tests use a tiny OPT (hidden 32, 2 layers; lora_kata.models.tiny), whose attention block holds,
 in this order: k_proj, v_proj, q_proj, out_proj; then fc1, fc2 and layer norms. The last tests
 compare with peft's get_peft_model on the same model (fp32, and loaded in 8-bit on the CPU)
 and reproduce the tutorial's opt-6.7b line with your inject_lora, on the meta device.
@@ -12,9 +12,9 @@ import re
 import pytest
 import torch
 
-from lora_kata.impl import implementation
+from lora_kata.catalog.impl import implementation
 from lora_kata.messages import msg
-from lora_kata.raising import must_raise
+from lora_kata.testing.raising import must_raise
 
 inject = implementation("inject")
 lora = implementation("lora")
@@ -33,13 +33,13 @@ def names_the_argument(message: str, name: str) -> bool:
 
 
 def tiny_opt(seed=0):
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     return build_tiny_opt(seed)
 
 
 def tokens():
-    from lora_kata.testing_models import token_batch
+    from lora_kata.testing.lora_models import token_batch
 
     return token_batch()
 
@@ -105,14 +105,14 @@ def inject_in_place(model, cfg, targets=Q_AND_V):
 
 @pytest.fixture(scope="module")
 def opt_6_7b():
-    from lora_kata.testing_models import opt_6_7b_on_meta
+    from lora_kata.testing.lora_models import opt_6_7b_on_meta
 
     return opt_6_7b_on_meta()
 
 
 @pytest.fixture(scope="module")
 def tiny_opt_dir(tmp_path_factory):
-    from lora_kata.tiny import save_tiny_opt
+    from lora_kata.models.tiny import save_tiny_opt
 
     return save_tiny_opt(tmp_path_factory.mktemp("tiny_opt"), with_tokenizer=False)
 
@@ -422,7 +422,7 @@ def test_lora_state_dict_holds_only_the_lora_tensors():
 def test_lora_state_dict_has_the_keys_peft_saves(bias):
     from peft import get_peft_model_state_dict
 
-    from lora_kata.testing_models import peft_model, peft_to_kata_name
+    from lora_kata.testing.lora_models import peft_model, peft_to_kata_name
 
     ours = inject_in_place(tiny_opt(), config(bias=bias))
     theirs = peft_model(
@@ -461,7 +461,7 @@ ATOL = 1e-5
 
 
 def check_same_as_peft(ours, theirs, targets):
-    from lora_kata.testing_models import (
+    from lora_kata.testing.lora_models import (
         copy_lora_into_peft,
         peft_targeted_names,
         peft_to_kata_name,
@@ -503,7 +503,7 @@ def check_same_as_peft(ours, theirs, targets):
 
 @pytest.mark.parametrize("bias", ["none", "all", "lora_only"])
 def test_matches_peft_on_a_tiny_opt(bias):
-    from lora_kata.testing_models import peft_model
+    from lora_kata.testing.lora_models import peft_model
 
     targets = ["q_proj", "v_proj", "fc2"]
     names = [n for n, _ in tiny_opt().named_modules() if n.endswith(("q_proj", "v_proj", "fc2"))]
@@ -513,7 +513,7 @@ def test_matches_peft_on_a_tiny_opt(bias):
 
 
 def test_wraps_the_linear8bitlt_layers_of_a_model_loaded_in_8bit(tiny_opt_dir):
-    from lora_kata.testing_int8 import load_tiny_opt_in_8bit
+    from lora_kata.testing.int8 import load_tiny_opt_in_8bit
 
     model = load_tiny_opt_in_8bit(tiny_opt_dir).eval()
     originals = {name: model.get_submodule(name) for name in Q_AND_V}
@@ -542,8 +542,8 @@ def test_wraps_the_linear8bitlt_layers_of_a_model_loaded_in_8bit(tiny_opt_dir):
 
 @pytest.mark.parametrize("bias", ["none", "lora_only"])
 def test_matches_peft_on_a_tiny_opt_loaded_in_8bit(tiny_opt_dir, bias):
-    from lora_kata.testing_int8 import load_tiny_opt_in_8bit
-    from lora_kata.testing_models import peft_model
+    from lora_kata.testing.int8 import load_tiny_opt_in_8bit
+    from lora_kata.testing.lora_models import peft_model
 
     # Same int8 weights, same Linear8bitLt code on the base path (eval mode: MatMul8bitLt),
     # same fp32 LoRA path: the outputs agree to fp32 rounding, as in fp32 (ATOL above).

@@ -15,9 +15,10 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from lora_kata.impl import implementation
+from lora_kata.catalog.impl import implementation
 from lora_kata.messages import msg
-from lora_kata.testing import distinct_dims, seeded_linear, seeded_randn
+from lora_kata.testing.properties import distinct_dims, seeded_linear, seeded_randn
+from lora_kata.testing.raising import must_raise
 
 lora = implementation("lora")
 inject = implementation("inject")
@@ -214,8 +215,8 @@ def test_merging_into_an_8bit_base_is_refused_with_a_type_error():
 
 
 def injected_tiny_opt(targets=("q_proj", "v_proj", "fc1")):
-    from lora_kata.testing_models import randomise_lora
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
+    from lora_kata.testing.lora_models import randomise_lora
 
     model = build_tiny_opt()
     inject.inject_lora(model, inject.LoRAConfig(r=4, lora_alpha=8, target_modules=list(targets)))
@@ -228,7 +229,7 @@ def lora_layers(model):
 
 
 def test_merge_lora_merges_every_layer_and_keeps_the_logits():
-    from lora_kata.testing_models import token_batch
+    from lora_kata.testing.lora_models import token_batch
 
     model = injected_tiny_opt()
     x = token_batch()
@@ -278,19 +279,26 @@ def test_unmerge_lora_restores_every_base_weight():
         )
 
 
-def test_merge_lora_on_a_model_without_lora_raises_or_changes_nothing():
-    """Nothing to merge: a ValueError (inject_lora was never called?) or a no-op are both
-    fine; changing the weights or failing some other way is not."""
-    from lora_kata.tiny import build_tiny_opt
+def test_merge_lora_and_unmerge_lora_refuse_a_model_without_lora_with_a_value_error():
+    """Nothing to merge (inject_lora was never called?): both docstrings ask for a ValueError.
+    Returning silently hides the mistake; a refused call changes no weight."""
+    from lora_kata.models.tiny import build_tiny_opt
 
     for function in (inject.merge_lora, inject.unmerge_lora):
         model = build_tiny_opt()
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        try:
-            returned = function(model)
-        except ValueError:
-            continue
-        assert returned is model, msg("05.returns_the_model", function=function.__name__)
+        name = function.__name__
+
+        def raised_another(error, name=name):
+            return msg(
+                "05.no_lora_raised_another",
+                function=name,
+                error_type=type(error).__name__,
+                error=str(error)[:200],
+            )
+
+        with must_raise(ValueError, msg("05.no_lora_accepted", function=name), raised_another):
+            function(model)
         changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
         assert not changed, msg(
             "05.changed_model_without_lora", function=function.__name__, changed=changed[:3]
@@ -298,8 +306,8 @@ def test_merge_lora_on_a_model_without_lora_raises_or_changes_nothing():
 
 
 def test_merge_lora_on_a_model_loaded_in_8bit_is_refused(tmp_path):
-    from lora_kata.testing_int8 import load_tiny_opt_in_8bit
-    from lora_kata.tiny import save_tiny_opt
+    from lora_kata.models.tiny import save_tiny_opt
+    from lora_kata.testing.int8 import load_tiny_opt_in_8bit
 
     model = load_tiny_opt_in_8bit(save_tiny_opt(tmp_path, with_tokenizer=False)).eval()
     inject.inject_lora(model, inject.LoRAConfig(r=4, lora_alpha=8))
@@ -315,8 +323,8 @@ def test_merge_lora_on_a_model_loaded_in_8bit_is_refused(tmp_path):
 
 
 def test_merged_weights_equal_peft_merge_and_unload():
-    from lora_kata.testing_models import copy_lora_into_peft, peft_model
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
+    from lora_kata.testing.lora_models import copy_lora_into_peft, peft_model
 
     ours = injected_tiny_opt()
     theirs = peft_model(

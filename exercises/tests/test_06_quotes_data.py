@@ -15,9 +15,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lora_kata.impl import implementation
+from lora_kata.catalog.impl import implementation
 from lora_kata.messages import msg
-from lora_kata.tiny import EOS_ID, PAD_ID, QUOTES_PATH
+from lora_kata.models.tiny import EOS_ID, PAD_ID, QUOTES_PATH
 
 data = implementation("data")
 
@@ -80,7 +80,7 @@ def shipped_rows():
 
 @functools.cache
 def quotes_tokenizer():
-    from lora_kata.tiny import quotes_tokenizer
+    from lora_kata.models.tiny import quotes_tokenizer
 
     return quotes_tokenizer()
 
@@ -151,6 +151,29 @@ def test_an_empty_file_is_a_value_error(tmp_path):
     path = write_lines(tmp_path, ["", "  "], name="empty.jsonl")
     message = value_error_from_load(path, msg("06.case_empty_file"))
     assert "empty.jsonl" in message, msg("06.empty_file_named", message=message)
+
+
+@pytest.mark.parametrize(
+    "column, value, kind",
+    [
+        ("tags", "wit", "list[str]"),
+        ("tags", ["wit", 7], "list[str]"),
+        ("quote", 42, "str"),
+        ("author", None, "str"),
+    ],
+    ids=["tags_a_string", "tags_with_a_number", "quote_a_number", "author_null"],
+)
+def test_a_column_of_the_wrong_type_is_a_value_error_naming_the_file_and_line(
+    tmp_path, column, value, kind
+):
+    rows = [dict(row) for row in GOOD_ROWS]
+    rows[1][column] = value
+    path = write_lines(tmp_path, [json.dumps(row, ensure_ascii=False) for row in rows])
+    what = msg("06.case_wrong_type", column=column, value=json.dumps(value), kind=kind)
+    message = value_error_from_load(path, what)
+    assert "quotes.jsonl" in message and "line 2" in message, msg(
+        "06.wrong_type_named", message=message
+    )
 
 
 # ---------------------------------------------------------------- tokenize_quotes
@@ -575,7 +598,7 @@ def test_the_models_loss_on_a_collated_batch_is_the_next_token_loss_over_real_to
     # What the model needs: ids and labels of integers, every tensor (rows, longest). OPT takes
     # a float attention_mask; the collator tests ask for torch.long.
     check_tensors(batch, sequences, PAD_ID, long_names=("input_ids", "labels"))
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = build_tiny_opt(seed=3)
     with torch.no_grad():

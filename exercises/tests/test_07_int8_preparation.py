@@ -11,9 +11,9 @@ through transformers 5.24's activation_checkpointing_enable, not its deprecated 
 import pytest
 import torch
 
-from lora_kata.impl import implementation
+from lora_kata.catalog.impl import implementation
 from lora_kata.messages import msg
-from lora_kata.testing_int8 import (
+from lora_kata.testing.int8 import (
     int8_parameter_names,
     linear8bit_module_names,
     load_tiny_opt_in_8bit,

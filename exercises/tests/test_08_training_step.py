@@ -16,10 +16,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lora_kata.impl import implementation
+from lora_kata.catalog.impl import implementation
 from lora_kata.messages import msg
-from lora_kata.raising import must_raise
-from lora_kata.testing_training import (
+from lora_kata.testing.raising import must_raise
+from lora_kata.testing.training import (
     RecordingSGD,
     changed_entries,
     frozen_snapshot,
@@ -344,7 +344,7 @@ def tiny_opt_dir(tmp_path_factory):
     """A tiny OPT saved in fp16, as opt-6.7b's checkpoint is. init_std=0.2 instead of OPT's
     0.02: with 0.02 the logits span only about ±0.1, and LoRA on q and v alone moves the loss
     by < 0.1 in 8 steps; with 0.2 the loss has room to fall (numbers in test_loss_falls)."""
-    from lora_kata.testing_int8 import save_tiny_opt_fp16
+    from lora_kata.testing.int8 import save_tiny_opt_fp16
 
     return save_tiny_opt_fp16(tmp_path_factory.mktemp("tiny-opt"), seed=0, init_std=0.2)
 
@@ -359,7 +359,7 @@ def int8_lora_model(directory, r=8, lora_alpha=16):
 
 def quote_micro_batches(n_micro=4, rows=4):
     """The first n_micro·rows quotes, tokenized and collated (right-padded) into micro-batches."""
-    from lora_kata.tiny import PAD_ID, quote_texts, quotes_tokenizer
+    from lora_kata.models.tiny import PAD_ID, quote_texts, quotes_tokenizer
 
     tokenizer = quotes_tokenizer()
     texts = quote_texts()[: n_micro * rows]

@@ -15,10 +15,10 @@ import stat
 import pytest
 import torch
 
-from lora_kata.impl import implementation, load
+from lora_kata.catalog.impl import implementation, load
 from lora_kata.messages import msg
-from lora_kata.raising import must_raise
-from lora_kata.testing_training import (
+from lora_kata.testing.raising import must_raise
+from lora_kata.testing.training import (
     UNPICKLED,
     PickleBomb,
     lora_names,
@@ -39,7 +39,7 @@ OUT_OF_MEMORY = "simulated: out of memory"
 
 def fresh_base(seed=0, **overrides):
     """The same tiny OPT (same seed: same weights) with no LoRA in it."""
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     return build_tiny_opt(seed, **overrides)
 

@@ -1,6 +1,6 @@
 """Exercise 10: the capstone (exercises/finetune.py).
 
-The CPU dry run is the GPU run's code path (lora_kata/testing_capstone.py) on a tiny OPT
+The CPU dry run is the GPU run's code path (lora_kata/testing/capstone.py) on a tiny OPT
 (hidden 32, 2 layers, vocab 512, random weights) loaded in 8-bit on the CPU — bitsandbytes
 runs Linear8bitLt there — with your load_in_8bit → prepare_for_int8_training → inject_lora
 (r=16, α=32, q_proj/v_proj, dropout 0.05), trained for a few steps in fp32.
@@ -22,10 +22,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lora_kata import cli_finetune as cli
-from lora_kata import testing_capstone as cap
-from lora_kata.impl import current, implementation
+from lora_kata.capstone.models import build_small_opt, input_device, load_prepared
+from lora_kata.capstone.run import main as run_capstone
+from lora_kata.capstone.settings import SMALL, SMALL_OPT, TUTORIAL
+from lora_kata.catalog.impl import current, implementation
 from lora_kata.messages import msg
+from lora_kata.testing import capstone as cap
 
 finetune = implementation("finetune")
 adapter = implementation("adapter")
@@ -74,7 +76,7 @@ def one_cpu_thread():
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from lora_kata.tiny import save_tiny_opt
+    from lora_kata.models.tiny import save_tiny_opt
 
     return str(save_tiny_opt(tmp_path_factory.mktemp("tiny-opt")))
 
@@ -84,7 +86,7 @@ def quotes():
     """The raw quotes Dataset (quote, author, tags), loaded the way load_quotes does."""
     import datasets
 
-    from lora_kata.tiny import QUOTES_PATH
+    from lora_kata.models.tiny import QUOTES_PATH
 
     datasets.disable_progress_bars()
     return datasets.load_dataset("json", data_files=str(QUOTES_PATH))["train"]
@@ -110,7 +112,7 @@ def dry_run(tiny_dir, quotes, eval_quotes):
 
 
 def fresh(tiny_dir):
-    model, tokenizer, _ = cli.load_prepared(PIECES, tiny_dir)
+    model, tokenizer, _ = load_prepared(PIECES, tiny_dir)
     return model, tokenizer
 
 
@@ -495,6 +497,28 @@ def test_generate_stops_at_the_tokenizers_eos_even_when_the_model_config_names_n
     check_stops_at_eos(model, tokenizer, msg("10.with_no_eos_in_generation_config"))
 
 
+def test_generate_restores_the_models_mode_and_use_cache(tiny_dir):
+    # As in a sample generated in the middle of training: train mode, cache off. And in eval
+    # mode, so that "always model.train() afterwards" shows too.
+    model, tokenizer = fresh(tiny_dir)
+    for training, use_cache in ((True, False), (False, False)):
+        model.train(training)
+        model.config.use_cache = use_cache
+        modes = {name: module.training for name, module in model.named_modules()}
+        finetune.generate(model, tokenizer, PROMPT, max_new_tokens=3)
+        changed = [name for name, module in model.named_modules() if module.training != modes[name]]
+        assert not changed, msg(
+            "10.generate_restores_mode",
+            before=training,
+            after=model.training,
+            changed=len(changed),
+            total=len(modes),
+        )
+        assert model.config.use_cache == use_cache, msg(
+            "10.generate_restores_use_cache", before=use_cache, after=model.config.use_cache
+        )
+
+
 def test_the_saved_adapter_reloads_to_identical_logits_with_ours_and_with_peft(
     dry_run, tiny_dir, tmp_path
 ):
@@ -506,13 +530,13 @@ def test_the_saved_adapter_reloads_to_identical_logits_with_ours_and_with_peft(
 def test_the_command_line_runs_the_whole_job(tmp_path, monkeypatch, capsys):
     # Whatever this machine has cached, take the built-in small OPT (random weights, --small):
     # the demo base would be pretrained first (about a minute, once).
-    monkeypatch.setattr(cli, "cached_snapshot", lambda *args, **kwargs: None)
+    monkeypatch.setattr("lora_kata.capstone.models.cached_snapshot", lambda *args, **kwargs: None)
     out = tmp_path / "out"
     argv = ["--max-steps", "2", "--out", str(out), "--no-progress", "--max-new-tokens", "8",
             "--batch-size", "2", "--grad-accum", "2", "--small"]  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code = cli.main(current(), argv)
+        code = run_capstone(current(), argv)
     assert code == 0, msg("10.exit_code", code=code)
     printed = capsys.readouterr().out
     # Python prints FutureWarnings by default: a deprecated checkpointing call would show.
@@ -522,7 +546,7 @@ def test_the_command_line_runs_the_whole_job(tmp_path, monkeypatch, capsys):
         if issubclass(w.category, FutureWarning) and "checkpointing" in str(w.message)
     ]
     assert not deprecated, msg("10.deprecation_warning", warning=deprecated[0][:120])
-    small = cli.SMALL_OPT
+    small = SMALL_OPT
     trainable = small["num_hidden_layers"] * 2 * 16 * (2 * small["hidden_size"])
     assert f"trainable params: {trainable} || all params: " in printed, msg(
         "10.prints_trainable_line", trainable=trainable, printed=printed
@@ -554,15 +578,15 @@ def test_the_capstone_on_a_gpu(tmp_path, quotes, eval_quotes, record_property):
         pytest.skip(reason)
     name = os.environ.get("LORA_KATA_MODEL", "").strip()
     if name:
-        path, settings = name, dict(cli.TUTORIAL, seed=0)
+        path, settings = name, dict(TUTORIAL, seed=0)
         steps = os.environ.get("LORA_KATA_GPU_STEPS")
         if steps:
             settings.update(max_steps=int(steps), warmup_steps=int(steps) // 2)
     else:
-        path, settings = str(cli.build_small_opt(tmp_path / "small-opt")), dict(cli.SMALL, seed=0)
+        path, settings = str(build_small_opt(tmp_path / "small-opt")), dict(SMALL, seed=0)
 
     run = cap.prepare_run(PIECES, path, eval_quotes, settings)
-    assert cli.input_device(run.model).type == "cuda", msg("10.model_on_cuda")
+    assert input_device(run.model).type == "cuda", msg("10.model_on_cuda")
     cap.train_run(run, finetune, quotes)
     text = finetune.generate(run.model, run.tokenizer)
     loaded, peak = run.gpu_loaded_bytes, run.gpu_peak_bytes

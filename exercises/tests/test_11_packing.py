@@ -14,16 +14,16 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lora_kata.impl import implementation
+from lora_kata.catalog.impl import implementation
 from lora_kata.messages import msg
-from lora_kata.raising import must_raise
-from lora_kata.testing_training import lora_names, tiny_lora_opt
+from lora_kata.testing.raising import must_raise
+from lora_kata.testing.training import lora_names, tiny_lora_opt
 
 pack = implementation("pack")
 data = implementation("data")
 finetune = implementation("finetune")
 
-PAD, EOS = 1, 2  # lora_kata.tiny's <pad> and </s> (OPT's BOS is </s> too)
+PAD, EOS = 1, 2  # lora_kata.models.tiny's <pad> and </s> (OPT's BOS is </s> too)
 VOCAB = 512
 # fp32 on a tiny model: packed and padded differ by summation order only (measured ≤ 2e-8 on
 # gradients of size ~0.1); a mask or label mistake moves the loss by ≥ 1e-2.
@@ -409,7 +409,7 @@ def test_float32_min_overflows_fp16_so_the_given_helper_opens_padding_rows():
 def quotes_and_tokenizer():
     import datasets
 
-    from lora_kata.tiny import quote_texts, quotes_tokenizer
+    from lora_kata.models.tiny import quote_texts, quotes_tokenizer
 
     datasets.disable_progress_bars()
     return datasets.Dataset.from_dict({"quote": quote_texts()[:24]}), quotes_tokenizer()

@@ -10,7 +10,7 @@ bitsandbytes is always given FLATTENED tensors here: its CPU dequantize of a 2-D
 rows are not a whole number of 64-blocks is wrong (see the last test of the first part).
 
 The 4-bit model is a tiny OPT with hidden size 64 and ffn 128, loaded on the CPU: see
-lora_kata/testing_4bit.py for why its sizes are multiples of 64.
+lora_kata/testing/quant4.py for why its sizes are multiples of 64.
 """
 
 import math
@@ -20,10 +20,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lora_kata.impl import implementation
+from lora_kata.catalog.impl import implementation
 from lora_kata.messages import msg
-from lora_kata.raising import must_raise
-from lora_kata.testing_4bit import (
+from lora_kata.testing.int8 import record_from_pretrained
+from lora_kata.testing.quant4 import (
     bnb_nf4_flat,
     four_bit_snapshot,
     linear4bit_module_names,
@@ -31,7 +31,7 @@ from lora_kata.testing_4bit import (
     memory_rows,
     tiny_opt_4bit_dir,
 )
-from lora_kata.testing_int8 import record_from_pretrained
+from lora_kata.testing.raising import must_raise
 
 qlora = implementation("qlora")
 inject = implementation("inject")
@@ -234,6 +234,22 @@ def test_a_block_of_zeros_comes_back_as_zeros():
     )
 
 
+def test_a_block_of_zeros_gets_the_code_of_the_level_zero():
+    # Any level × absmax 0 dequantizes to 0, so only the codes show 0 / 0 (NaN, whose argmin
+    # is code 0, the level −1). The level nearest 0 of your own table: an exact 0 is nf4_code's
+    # business (its own test), and a tie between two equally near levels may go either way.
+    weight = torch.cat([torch.zeros(64), torch.linspace(-2, 3, 100)])
+    codes, _ = quantize(weight)
+    table = levels()
+    zero_codes = codes[:64].long()
+    found = table[zero_codes.clamp(0, table.numel() - 1)].abs()
+    assert (found == table.abs().min()).all(), msg(
+        "12.zero_block_codes",
+        zero=int(table.abs().argmin()),
+        found=sorted(set(zero_codes.tolist())),
+    )
+
+
 def test_bitsandbytes_2d_dequantize_is_wrong_when_rows_are_not_whole_blocks():
     # (32, 96): rows of 96 = 1.5 blocks. The case lesson 12 tells learners about.
     weight = weights(0, (32, 96))
@@ -299,7 +315,7 @@ def lesson_table(path):
 def test_opt_6_7b_memory_table_in_lesson_12_matches_the_meta_device_model():
     qlora.bits_per_parameter(64)  # before the 3 s model build
     from lora_kata import REPO_ROOT
-    from lora_kata.testing_models import opt_6_7b_on_meta
+    from lora_kata.testing.lora_models import opt_6_7b_on_meta
 
     rows = memory_rows(opt_6_7b_on_meta(), qlora.bits_per_parameter)
     fp16_bytes = rows[0][2]
@@ -483,7 +499,7 @@ def test_a_no_grad_eval_forward_on_an_avx512_bf16_cpu_repacks_4bit_weights_for_i
 ):
     from bitsandbytes.nn.modules import has_avx512bf16
 
-    from lora_kata.testing_int8 import save_tiny_opt_fp16
+    from lora_kata.testing.int8 import save_tiny_opt_fp16
 
     model = qlora.load_in_4bit(str(tiny_opt_4bit_dir()), double_quant=False)
     ids = torch.randint(4, 512, (2, 8), generator=torch.Generator().manual_seed(1))

@@ -16,22 +16,22 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lora_kata.impl import implementation
+from lora_kata.catalog.impl import implementation
 from lora_kata.messages import msg
-from lora_kata.raising import must_raise
+from lora_kata.testing.raising import must_raise
 
 prompt = implementation("prompt")
 counting = implementation("counting")
 data = implementation("data")
 
-HIDDEN, LAYERS, VOCAB = 32, 2, 512  # the tiny OPT (lora_kata.tiny)
+HIDDEN, LAYERS, VOCAB = 32, 2, 512  # the tiny OPT (lora_kata.models.tiny)
 N = 5  # virtual tokens: distinct from the tiny OPT's sizes and from the batches below
 INIT_TEXT = "Two things are infinite"  # the tutorial's generation prompt
 OPT_6_7B_PARAMETERS = 6_658_473_984  # exercise 03: the tied lm_head counted once
 
 
 def tiny_opt(**overrides):
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     return build_tiny_opt(**overrides)
 
@@ -49,7 +49,7 @@ def untied_opt():
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
     """The quotes tokenizer saved where peft's AutoTokenizer.from_pretrained finds it offline."""
-    from lora_kata.tiny import quotes_tokenizer
+    from lora_kata.models.tiny import quotes_tokenizer
 
     directory = tmp_path_factory.mktemp("tokenizer")
     quotes_tokenizer(VOCAB).save_pretrained(directory)
@@ -57,7 +57,7 @@ def tokenizer_dir(tmp_path_factory):
 
 
 def quotes_tokenizer():
-    from lora_kata.tiny import quotes_tokenizer
+    from lora_kata.models.tiny import quotes_tokenizer
 
     return quotes_tokenizer(VOCAB)
 
@@ -366,7 +366,7 @@ def test_gradients_reach_only_the_prompt():
 def quotes_batch(tokenizer, count=3, max_length=24):
     """A right-padded batch of the first quotes (cut to fit the tiny OPT's 128 positions with
     the prompt), collated by exercise 06's collate."""
-    from lora_kata.tiny import PAD_ID, quote_texts
+    from lora_kata.models.tiny import PAD_ID, quote_texts
 
     features = [
         dict(tokenizer(text, truncation=True, max_length=max_length))
@@ -488,7 +488,7 @@ def test_counts_equal_peft_trainable_parameters_on_the_tiny_opt():
 def test_opt_6_7b_20_virtual_tokens_train_81920_or_5242880_against_loras_8388608():
     from peft import PrefixTuningConfig, PromptTuningConfig
 
-    from lora_kata.testing_models import opt_6_7b_on_meta
+    from lora_kata.testing.lora_models import opt_6_7b_on_meta
 
     prompt_count = prompt.prompt_tuning_parameter_count(20, 4096)
     prefix_count = prompt.prefix_tuning_parameter_count(20, 32, 4096)

@@ -12,9 +12,6 @@ tutorial's order (load, prepare, inject, train, generate), adding what the tutor
     outputs       the loss plot and metrics.json, written atomically by rank 0
     run           main(): the whole job
 
-`lora_kata/cli_finetune.py` re-exports the names older callers import.
+It may import the rooms below it (catalog, messages, models), never the runner, the testing
+helpers or the experiments: a learner's `python -m exercises.finetune` needs none of them.
 """
-
-from lora_kata.capstone.run import main
-
-__all__ = ["main"]

@@ -21,11 +21,11 @@ def gib(n_bytes: int) -> str:
 
 
 def quiet_libraries() -> None:
-    """No bitsandbytes CPU notices (lora_kata/quiet.py; docs/developing.md says what they
+    """No bitsandbytes CPU notices (lora_kata/models/quiet.py; docs/developing.md says what they
     mean), no progress bars for a 548-row map or for loading a small model's weights. (A
     deprecation notice for gradient_checkpointing_enable is left visible: 07 calls
     activation_checkpointing_enable, so the notice means the learner's 07 is behind.)"""
-    from lora_kata.quiet import silence_bitsandbytes_cpu_notices
+    from lora_kata.models.quiet import silence_bitsandbytes_cpu_notices
 
     silence_bitsandbytes_cpu_notices()
     from transformers.utils import logging as hf_logging

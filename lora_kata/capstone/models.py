@@ -3,7 +3,7 @@
 Model choice: `--model` (a hub id or a local directory) if given; otherwise facebook/opt-125m
 when it is already in the local Hugging Face cache; otherwise the demo base: a small OPT
 pretrained on this machine (about a minute, once) on Python's documentation with the quotes
-tokenizer and cached under .lora_kata/ (lora_kata/demo_base.py), so that the fine-tune visibly
+tokenizer and cached under .lora_kata/ (models/demo_base.py), so that the fine-tune visibly
 changes it. `--small` instead takes a small OPT with random weights, saved to <out>/base-model:
 a pipeline check in seconds. Either is loaded through from_pretrained like any other model.
 Nothing is downloaded unless `--model` names a hub model that is not cached.
@@ -37,7 +37,7 @@ class ModelChoice:
         if self.base == RANDOM:
             build_small_opt(self.path)
         elif self.base == DEMO:
-            from lora_kata.demo_base import demo_base_path
+            from lora_kata.models.demo_base import demo_base_path
 
             demo_base_path()
 
@@ -67,7 +67,7 @@ def build_small_opt(directory: str | Path, seed: int = 0) -> Path:
     so that it is loaded in 8-bit through the same from_pretrained path as a real model."""
     from transformers.utils import logging as hf_logging
 
-    from lora_kata.tiny import save_tiny_opt
+    from lora_kata.models.tiny import save_tiny_opt
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # "Writing model shards" for a 3.6 MB model: noise
@@ -93,7 +93,7 @@ def choose_model(
                 CACHED_DEFAULT,
                 f"found in the local Hugging Face cache: {snapshot}",
             )
-        from lora_kata.demo_base import cache_dir
+        from lora_kata.models.demo_base import cache_dir
 
         why = f"--model not given and {CACHED_DEFAULT} is not in the local Hugging Face cache"
         choice = ModelChoice(str(cache_dir()), str(cache_dir()), why, DEMO)

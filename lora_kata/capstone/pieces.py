@@ -34,7 +34,7 @@ def implementation_modules(impl) -> SimpleNamespace:
 
 
 def _import(impl: str, module: str) -> ModuleType:
-    from lora_kata import impl as switch
+    from lora_kata.catalog import impl as switch
 
     if impl in switch.NAMED or Path(impl).is_dir():
         return switch.load(module, impl)

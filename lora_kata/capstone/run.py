@@ -209,7 +209,7 @@ def _describe_model(say: Say, choice) -> None:
         say(f"model: {choice.name} ({choice.why})")
         return
     if choice.base == "demo":
-        from lora_kata.demo_base import DESCRIPTION
+        from lora_kata.models.demo_base import DESCRIPTION
 
         say(
             f"model: the demo base ({choice.why}):\n       {DESCRIPTION}; cached in "

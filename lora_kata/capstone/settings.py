@@ -22,7 +22,7 @@ TUTORIAL = {"max_steps": 200, "warmup_steps": 100, "batch_size": 4, "grad_accum"
 # a random model needs a larger step than 2e-4 for the loss to fall visibly in 30 steps
 # (measured on a 2-core CPU: 2e-4 moves it 6.25 → 6.21, 3e-3 moves it 6.25 → 6.04).
 SMALL = {"max_steps": 30, "warmup_steps": 15, "batch_size": 4, "grad_accum": 4, "lr": 3e-3}
-# The demo base (lora_kata/demo_base.py) has learned English from Python's documentation: a
+# The demo base (lora_kata/models/demo_base.py) has learned English from Python's documentation: a
 # short run at a larger step than the tutorial's moves it visibly towards the quotes on a CPU
 # (measured, 2 cores: 60 steps at 2e-3 left the generation docs-like; 200 at 5e-3 take ~30 s,
 # drop the held-out loss by ~1.4 and make the generation open with a quote mark and stop).

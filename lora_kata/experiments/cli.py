@@ -6,7 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from lora_kata.i18n import language, t
+from lora_kata.messages import t
+from lora_kata.messages.language import language
 
 
 def cmd_try(args: argparse.Namespace) -> int:

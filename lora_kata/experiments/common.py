@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_kata import REPO_ROOT
-from lora_kata.i18n import display_width, label, t
-from lora_kata.impl import KataModuleBroken, implementation
-from lora_kata.progress import STUB_MESSAGE
+from lora_kata.catalog.impl import KataModuleBroken, implementation
+from lora_kata.messages import label, t
+from lora_kata.messages.language import display_width
+from lora_kata.runner.progress import STUB_MESSAGE
 
 OUT_DIR = REPO_ROOT / ".lora_kata" / "try"
 TABLE_WORDS: dict[str, dict[str, str]] = tomllib.loads(
@@ -43,7 +44,7 @@ class Outcome:
 
 
 def pieces(*modules: str):
-    """Lazy handles on the implementation's modules (see lora_kata.impl)."""
+    """Lazy handles on the implementation's modules (see lora_kata.catalog.impl)."""
     handles = tuple(implementation(m) for m in modules)
     return handles[0] if len(handles) == 1 else handles
 

@@ -47,7 +47,7 @@ def activations_bytes(tokens: int, hidden: int, layers: int, vocab: int, checkpo
 
 def budget(out_dir=None) -> Outcome:
     counting = pieces("counting")
-    from lora_kata.testing_models import opt_6_7b_on_meta
+    from lora_kata.testing.lora_models import opt_6_7b_on_meta
 
     model = opt_6_7b_on_meta()
     config = model.config

@@ -19,7 +19,7 @@ def _waste(lengths: list[int], batch_size: int) -> float:
 
 def padding_waste(out_dir=None) -> Outcome:
     data = pieces("data")
-    from lora_kata.tiny import QUOTES_PATH, quotes_tokenizer
+    from lora_kata.models.tiny import QUOTES_PATH, quotes_tokenizer
 
     tokenizer = quotes_tokenizer()
     tokenized = data.tokenize_quotes(data.load_quotes(QUOTES_PATH), tokenizer)

@@ -28,7 +28,7 @@ def _overlap(
 
 def trained_delta(out_dir=None) -> Outcome:
     inject, data, finetune, lora = pieces("inject", "data", "finetune", "lora")
-    from lora_kata.tiny import QUOTES_PATH, build_tiny_opt, quotes_tokenizer
+    from lora_kata.models.tiny import QUOTES_PATH, build_tiny_opt, quotes_tokenizer
 
     model = build_tiny_opt(seed=0)
     r = 16

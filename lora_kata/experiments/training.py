@@ -16,7 +16,7 @@ STEPS, ROWS = 20, 16
 def _batches(data, tokenizer, steps: int, rows: int, equal_length: int | None = None):
     """steps × rows tokenized quotes, seeded order; with equal_length, only quotes at least
     that long, cut to it, so every row holds the same number of tokens."""
-    from lora_kata.tiny import QUOTES_PATH
+    from lora_kata.models.tiny import QUOTES_PATH
 
     tokenized = data.tokenize_quotes(data.load_quotes(QUOTES_PATH), tokenizer, max_length=64)
     features = [
@@ -35,7 +35,7 @@ def _batches(data, tokenizer, steps: int, rows: int, equal_length: int | None = 
 
 
 def _train(inject, train, data, tokenizer, steps_rows, *, lr, warmup, micro: int):
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = build_tiny_opt(seed=0)
     # Every linear layer of the random tiny base: q and v alone barely move its loss.
@@ -69,7 +69,7 @@ def _first_gap(a: list[float], b: list[float]) -> float:
 
 def warmup_and_accumulation(out_dir=None) -> Outcome:
     inject, train, data = pieces("inject", "train", "data")
-    from lora_kata.tiny import quotes_tokenizer
+    from lora_kata.models.tiny import quotes_tokenizer
 
     torch.manual_seed(0)
     tokenizer = quotes_tokenizer()

@@ -1,4 +1,9 @@
-"""What the exercise tests say to the learner, as keyed templates, one catalogue per language.
+"""The languages room: every word the kata writes, in English and 简体中文. The exercise tests'
+messages (this module's `msg`), the runner's words (language.py's `t`, from runner.toml), the
+choice of language (language.py) and pytest's own lines in Chinese (pytest_zh.py). It imports
+no other room.
+
+What the exercise tests say to the learner, as keyed templates, one catalogue per language.
 
 A test never writes its assertion message as an English f-string; it asks for it by key:
 
@@ -8,7 +13,7 @@ A test never writes its assertion message as an English f-string; it asks for it
 `{got:.4g}` reads the same in both languages). The catalogue of a language is the folder
 `lora_kata/messages/<lang>/`: `common.toml` for words several exercises share, `NN.toml` for
 exercise NN (split by exercise so that two people can work on two exercises at once), and
-`runner.toml` for the runner's own words (the report, the CLI; lora_kata.i18n.t reads them). A
+`runner.toml` for the runner's own words (the report, the CLI; `t` below reads them). A
 key `"NN.name"` is the entry `name` of `NN.toml`; `"common.name"` of `common.toml`, and so on.
 
 Each `zh/NN.toml` also holds `[titles]`: the Chinese name of every test of exercise NN, which
@@ -26,6 +31,8 @@ import string
 import tomllib
 from pathlib import Path
 
+from lora_kata.messages.language import colon, language
+
 LANGUAGES = ("en", "zh")
 HERE = Path(__file__).resolve().parent
 TITLES = "titles"
@@ -41,8 +48,6 @@ def use_language(lang: str) -> None:
 
 
 def current_language() -> str:
-    from lora_kata.i18n import language  # i18n's t() reads this package's catalogues
-
     return _current[0] if _current else language()
 
 
@@ -99,3 +104,13 @@ def title_of_test(exercise_id: str, test_name: str, lang: str) -> str | None:
     function = test_name.split("[", 1)[0]
     titles = catalogue(lang, exercise_id).get(TITLES, {})
     return titles.get(function) if isinstance(titles, dict) else None
+
+
+def t(key: str, lang: str, **fields: object) -> str:
+    """The runner's text `key` in `lang` (runner.toml), its placeholders filled from `fields`."""
+    return template(f"runner.{key}", lang).format(**fields)
+
+
+def label(key: str, lang: str) -> str:
+    """A label and its colon: "Next: " in English, "下一步：" in Chinese."""
+    return t(key, lang) + colon(lang)

@@ -1,16 +1,13 @@
-"""The runner's own words in English and 简体中文, and the language of a run.
+"""The language of a run, and how its text is laid out in a terminal.
 
-The words are keyed templates in lora_kata/messages/<lang>/runner.toml, the same catalogues
-(and the same checks in tests/test_messages.py) as the exercise tests' messages; lessons and
-hints live in their own files.
+The words themselves are keyed templates in lora_kata/messages/<lang>/ (this package's `msg` for
+the tests, `t` for the runner's own words from runner.toml).
 """
 
 from __future__ import annotations
 
 import os
 import unicodedata
-
-from lora_kata.messages import template
 
 
 def language(explicit: str | None = None) -> str:
@@ -25,19 +22,9 @@ def language(explicit: str | None = None) -> str:
     return "en"
 
 
-def t(key: str, lang: str, **fields: object) -> str:
-    """The runner's text `key` in `lang`, its placeholders filled from `fields`."""
-    return template(f"runner.{key}", lang).format(**fields)
-
-
 def colon(lang: str) -> str:
     """ ": " in English, "：" (full width, no space) in Chinese."""
     return "：" if lang == "zh" else ": "
-
-
-def label(key: str, lang: str) -> str:
-    """A label and its colon: "Next: " in English, "下一步：" in Chinese."""
-    return t(key, lang) + colon(lang)
 
 
 def display_width(text: str) -> int:

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from lora_kata import REPO_ROOT, fingerprint, impl, progress
-from lora_kata.catalog import by_id, exercise_of_test_file, load_catalog
-from lora_kata.collect import keyword_excludes_file
-from lora_kata.i18n import language, t
-from lora_kata.messages import use_language
-from lora_kata.progress import (
+from lora_kata import REPO_ROOT
+from lora_kata.catalog import by_id, exercise_of_test_file, impl, load_catalog
+from lora_kata.messages import t, use_language
+from lora_kata.messages.language import language
+from lora_kata.runner import fingerprint, progress
+from lora_kata.runner.collect import keyword_excludes_file
+from lora_kata.runner.hypothesis_notes import failing_example
+from lora_kata.runner.progress import (
     BROKEN,
     DONE,
     ENV_SKIP,
@@ -38,7 +40,7 @@ from lora_kata.progress import (
     WRONG,
     TestRecord,
 )
-from lora_kata.report import next_step, render_report
+from lora_kata.runner.report import next_step, render_report
 
 WAITING_PREFIX = "finish "
 TIMEOUT_MESSAGE = re.compile(r"Timeout \(>([\d.]+)s\) from pytest-timeout")
@@ -135,9 +137,9 @@ def _lighter_pytest(config: pytest.Config) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from lora_kata.hypothesis_profiles import profile_name, register_and_load
-    from lora_kata.post_import import when_imported
-    from lora_kata.quiet import silence_bitsandbytes_cpu_notices
+    from lora_kata.models.quiet import silence_bitsandbytes_cpu_notices
+    from lora_kata.runner.post_import import when_imported
+    from lora_kata.testing.hypothesis_profiles import profile_name, register_and_load
 
     if config.getoption("--solutions"):
         os.environ[impl.ENV_VAR] = "solutions"
@@ -172,7 +174,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        from lora_kata.pytest_zh import speak_chinese
+        from lora_kata.messages.pytest_zh import speak_chinese
 
         speak_chinese(reporter)
 
@@ -277,14 +279,9 @@ def _classify(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestRepor
     if error is not excinfo.value:
         excinfo = pytest.ExceptionInfo.from_exception(error)
     info["where"] = _crash_location(excinfo, Path(str(item.path)))
-    notes = getattr(error, "__notes__", None) or []
-    examples = [n for n in notes if "Falsifying example" in n or "example" in n.lower()]
-    if examples:
-        text = " ".join(examples[0].split())
-        call_args = re.search(r"Falsifying (?:explicit )?example: \w+\((.*)\)", text)
-        if call_args:  # "test_x( dims=(2, 3, 1), alpha=2.0, )" -> "dims=(2, 3, 1), alpha=2.0"
-            text = call_args.group(1).strip().rstrip(",").strip()
-        info["example"] = text[:300]
+    example = failing_example(getattr(error, "__notes__", None) or [])
+    if example:
+        info["example"] = example
     if isinstance(error, impl.KataModuleBroken):
         info["why"] = BROKEN
         info["where"] = f"{error.file}:{error.line}" if error.line else error.file

@@ -6,7 +6,7 @@
 - thorough: many examples, for an instructor hunting edge cases.
 
 Importing Hypothesis costs about a second, so this module does not: the runner calls
-`register_and_load` right after a test file imports Hypothesis (lora_kata.post_import), and
+`register_and_load` right after a test file imports Hypothesis (lora_kata.runner.post_import), and
 exercises whose tests never use it never pay for it.
 """
 

@@ -19,7 +19,7 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
-from lora_kata.testing_int8 import save_tiny_opt_fp16
+from lora_kata.testing.int8 import save_tiny_opt_fp16
 
 # Multiples of 64 (one NF4 block) and of 32 (the CPU repack's row block), all distinct.
 TINY_4BIT_SIZES = dict(hidden_size=64, ffn_dim=128, word_embed_proj_dim=64)

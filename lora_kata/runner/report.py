@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from lora_kata import REPO_ROOT, fingerprint
+from lora_kata import REPO_ROOT
 from lora_kata.catalog import by_id
-from lora_kata.i18n import display_width, label, t
-from lora_kata.messages import title_of_test
-from lora_kata.progress import (
+from lora_kata.messages import label, t, title_of_test
+from lora_kata.messages.language import display_width
+from lora_kata.runner import fingerprint
+from lora_kata.runner.progress import (
     BROKEN_STATUS,
     DONE,
     FAILED,
@@ -107,7 +108,7 @@ def next_step(
 
 def _enclosing_definition(where: str) -> tuple[str, str] | None:
     """(exercises/<module>.py, qualified name) of the def around `path:line`, if any."""
-    from lora_kata.splice import definition_at
+    from lora_kata.runner.splice import definition_at
 
     path, _, line = where.rpartition(":")
     try:
@@ -187,7 +188,7 @@ def failure_heading(step: dict, lang: str) -> list[tuple[str, dict]]:
 
 def render_report(terminal, data: dict, lang: str) -> None:
     """Print the report with pytest's terminal writer (colours where the terminal has them)."""
-    # Under zh pytest's own lines go through a translator (lora_kata.pytest_zh); the report
+    # Under zh pytest's own lines go through a translator (lora_kata.messages.pytest_zh); the report
     # is already in the learner's language and must reach the terminal untouched.
     writers = getattr(terminal, "lora_kata_untranslated", {})
     write_sep = writers.get("write_sep", terminal.write_sep)
@@ -198,7 +199,7 @@ def render_report(terminal, data: dict, lang: str) -> None:
 
 
 def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
-    """The report as (text, markup) lines, from a progress dict (see lora_kata.progress)."""
+    """The report as (text, markup) lines, from a progress dict (see lora_kata.runner.progress)."""
     out: list[tuple[str, dict]] = []
     exercises = data["exercises"]
     if data.get("impl", "exercises") != "exercises":

@@ -30,17 +30,17 @@ PRELOAD = (
     "peft",
     "datasets",
     "safetensors.torch",
-    "lora_kata.plugin",
-    "lora_kata.testing",
-    "lora_kata.testing_models",
-    "lora_kata.tiny",
+    "lora_kata.runner.plugin",
+    "lora_kata.testing.properties",
+    "lora_kata.testing.lora_models",
+    "lora_kata.models.tiny",
 )
 
 
 def preload() -> None:
     import importlib
 
-    from lora_kata.quiet import silence_bitsandbytes_cpu_notices
+    from lora_kata.models.quiet import silence_bitsandbytes_cpu_notices
 
     silence_bitsandbytes_cpu_notices()
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # as the kata's plugin does
@@ -76,7 +76,7 @@ def _digest(path: str) -> str:
 def precollect(folder: str = "exercises") -> None:
     """Import the exercise test files once, so a run does not parse, rewrite and import them.
 
-    Safe because a test file holds only lazy handles on the learner's code (lora_kata.impl):
+    Safe because a test file holds only lazy handles on the learner's code (lora_kata.catalog.impl):
     if collecting imported any implementation module, everything it imported is dropped and
     children import the test files themselves. A child drops a test module whose file changed.
     """

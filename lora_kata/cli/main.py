@@ -19,12 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-from lora_kata import REPO_ROOT, fingerprint, progress
+from lora_kata import REPO_ROOT
 from lora_kata.catalog import by_id, load_catalog
-from lora_kata.i18n import colon, label, language, t
-from lora_kata.messages import title_of_test
-from lora_kata.report import refresh, report_lines, shown_message
-from lora_kata.splice import replace_definitions
+from lora_kata.messages import label, t, title_of_test
+from lora_kata.messages.language import colon, language
+from lora_kata.runner import fingerprint, progress
+from lora_kata.runner.report import refresh, report_lines, shown_message
+from lora_kata.runner.splice import replace_definitions
 
 LEVEL_NAMES = {
     "en": {1: "a nudge", 2: "the concept", 3: "the steps and the API names"},
@@ -203,7 +204,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from lora_kata.watch import Watch
+    from lora_kata.cli.watch import Watch
 
     return Watch(args).run()
 

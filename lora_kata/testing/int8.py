@@ -22,7 +22,7 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
-from lora_kata.tiny import build_tiny_opt, quotes_tokenizer
+from lora_kata.models.tiny import build_tiny_opt, quotes_tokenizer
 
 
 def save_tiny_opt_fp16(

@@ -1,4 +1,8 @@
-"""The exercise catalogue: one TOML file per exercise in `lora_kata/catalog/`.
+"""The catalogue room: what the kata is. The exercises' metadata and hints (`NN_*.toml` beside
+this module, read by the functions below) and the implementation switch (impl.py: which package
+the tests import, exercises/, solutions/ or a path). Imports only `lora_kata` and messages/.
+
+The exercise catalogue: one TOML file per exercise in `lora_kata/catalog/`.
 
 Each file declares the exercise's order (`id`), title, the functions the learner edits
 (`functions`, qualified by module: "lora.LoRALinear.forward"), its prerequisites (`requires`),
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from lora_kata import REPO_ROOT
 
-CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
+CATALOG_DIR = Path(__file__).resolve().parent  # the NN_*.toml files beside this module
 LANGS = ("en", "zh")
 HINT_TIERS = 3
 

@@ -68,7 +68,7 @@ def train_demo_base(directory: Path, echo=print) -> Path:
     """Pretrain the base and save it (model and tokenizer) into `directory`, atomically."""
     import torch
 
-    from lora_kata.tiny import build_tiny_opt, quotes_tokenizer
+    from lora_kata.models.tiny import build_tiny_opt, quotes_tokenizer
 
     tokenizer = quotes_tokenizer()
     windows = _windows(tokenizer, corpus())

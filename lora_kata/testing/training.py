@@ -1,6 +1,6 @@
 """Helpers for the tests of exercises 08 (training step) and 09 (adapter files).
 
-Models come from lora_kata.tiny (offline, seeded); LoRA is injected with the implementation
+Models come from lora_kata.models.tiny (offline, seeded); LoRA is injected with the implementation
 under test's inject.py (exercise 04, done before 08 and 09 start).
 """
 
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from lora_kata.impl import implementation
-from lora_kata.testing_models import randomise_lora
+from lora_kata.catalog.impl import implementation
+from lora_kata.testing.lora_models import randomise_lora
 
 inject = implementation("inject")
 
-VOCAB = 512  # lora_kata.tiny's default vocabulary
+VOCAB = 512  # lora_kata.models.tiny's default vocabulary
 FIRST_ORDINARY_TOKEN = 4  # 0..3 are <s>, <pad>, </s>, <unk>
 
 
@@ -31,7 +31,7 @@ def tiny_lora_opt(
     **overrides,
 ):
     """(model, config): a tiny fp32 OPT with LoRA injected, optionally with random A and B."""
-    from lora_kata.tiny import build_tiny_opt
+    from lora_kata.models.tiny import build_tiny_opt
 
     model = build_tiny_opt(seed, **overrides)
     target = target_modules if isinstance(target_modules, str) else list(target_modules)

@@ -129,8 +129,7 @@ class ImplModule:
         try:
             return getattr(module, name)
         except AttributeError:
-            from lora_kata.i18n import t
-            from lora_kata.messages import current_language
+            from lora_kata.messages import current_language, t
 
             file = _relative(Path(module.__file__))
             raise AttributeError(

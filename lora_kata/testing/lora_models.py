@@ -2,7 +2,7 @@
 
 - `opt_6_7b_on_meta()`: facebook/opt-6.7b's architecture on the meta device, built once per
   process (about 3 s) and handed out as a deep copy (milliseconds: meta tensors hold no data).
-- 8-bit loading lives in lora_kata.testing_int8 (`load_tiny_opt_in_8bit`).
+- 8-bit loading lives in lora_kata.testing.int8 (`load_tiny_opt_in_8bit`).
 - Name mapping between the kata's LoRALinear (`q_proj.base`, `q_proj.lora_A`) and peft's LoRA
   layers (`base_model.model.` prefix, `q_proj.base_layer`, `q_proj.lora_A.default.weight`).
 
@@ -20,7 +20,7 @@ PEFT_PREFIX = "base_model.model."
 
 @cache
 def _opt_6_7b_meta():
-    from lora_kata.tiny import build_on_meta, opt_6_7b_config
+    from lora_kata.models.tiny import build_on_meta, opt_6_7b_config
 
     return build_on_meta(opt_6_7b_config())
 

@@ -1,15 +1,15 @@
 """`lora-kata watch`: a verdict within a second of saving, and never green on a broken tree.
 
 - It starts watching at once. Exercises whose last result no longer matches the code (their
-  fingerprint changed, see lora_kata.fingerprint) are queued and checked in the background.
+  fingerprint changed, see lora_kata.runner.fingerprint) are queued and checked in the background.
 - A save queues the exercises that can be affected: those with a function in the saved
   module, those whose modules import it, and those that require them (the catalogue's
   `requires`). The first batch runs them up to the exercise you are working on and prints the
   report; the rest follow one at a time, and a new save interrupts them.
-- Runs go to a warm worker (lora_kata.worker) that has the heavy libraries imported and forks
+- Runs go to a warm worker (lora_kata.cli.worker) that has the heavy libraries imported and forks
   a fresh child per run; without fork, a plain `python -m pytest` subprocess.
 - "Every exercise is done" appears only when every exercise passed on the current code and
-  every file compiles: the report (lora_kata.report) decides that from the progress file.
+  every file compiles: the report (lora_kata.runner.report) decides that from the progress file.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ import threading
 import time
 from pathlib import Path
 
-from lora_kata import REPO_ROOT, fingerprint, progress
+from lora_kata import REPO_ROOT
 from lora_kata.catalog import by_id, load_catalog
-from lora_kata.i18n import language, t
-from lora_kata.progress import DONE, NOT_RUN
-from lora_kata.report import refresh, report_lines
+from lora_kata.messages import t
+from lora_kata.messages.language import language
+from lora_kata.runner import fingerprint, progress
+from lora_kata.runner.progress import DONE, NOT_RUN
+from lora_kata.runner.report import refresh, report_lines
 
 ANSI = {"red": "31", "green": "32", "yellow": "33", "cyan": "36", "bold": "1"}
 
@@ -43,7 +45,7 @@ class Runner:
         self.process: subprocess.Popen | None = None
         if use_worker and hasattr(os, "fork"):
             self.worker = subprocess.Popen(
-                [sys.executable, "-m", "lora_kata.worker"],
+                [sys.executable, "-m", "lora_kata.cli.worker"],
                 cwd=REPO_ROOT,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,

@@ -104,7 +104,7 @@ def last_statuses(
     impl: str, path: Path | None = None, current: dict[str, str] | None = None
 ) -> Previous:
     """Each exercise's status in the last run of the same implementation, kept only where
-    its fingerprint (`current`, from lora_kata.fingerprint) still matches."""
+    its fingerprint (`current`, from lora_kata.runner.fingerprint) still matches."""
     data = read(path)
     previous = Previous()
     if not data or data.get("impl") != impl:
