@@ -4,9 +4,12 @@ LLM.int8() (Dettmers et al. 2022, arXiv:2208.07339) stores every nn.Linear weigh
 decoder as int8 with one absmax scale per row, and multiplies the few outlier features in fp16.
 A model loaded that way needs care before anything can be trained through it. The tutorial
 made one call for it, peft's prepare_model_for_int8_training(model) (since removed; today
-prepare_model_for_kbit_training); the PEFT example notebook it follows did the steps by hand
-(freeze, cast the 1-D parameters to fp32, checkpointing, input grads, CastOutputToFloat).
-Here you write those steps yourself.
+prepare_model_for_kbit_training). In the version the tutorial follows (the PEFT example
+notebook as of peft commit 1a1cfe3, 3 May 2023) that call froze every parameter, cast every
+fp16/bf16 parameter to fp32, made the input embeddings' output require grad and turned on
+(reentrant) gradient checkpointing; it left lm_head's output alone. Here you write those steps
+yourself, with non-reentrant checkpointing, and cast the logits to fp32 as the notebook's first,
+hand-written versions (February 2023) did with CastOutputToFloat.
 Lesson: lessons/en/07-int8-preparation.md.
 """
 

@@ -36,7 +36,7 @@ def test_hint_levels_go_from_nudge_to_nearly_the_answer(capsys):
 def test_hint_speaks_chinese(capsys):
     assert main(["--lang", "zh", "hint", "01"]) == 0
     out = capsys.readouterr().out
-    assert by_id("01").hint(1, "zh") in out and "讲义" in out
+    assert by_id("01").hint(1, "zh") in out and "课：" in out
 
 
 def test_unknown_exercise_is_a_clear_error(capsys):

@@ -27,7 +27,7 @@ def test_exactly_the_two_notices_are_dropped():
 
 def test_the_watch_worker_imports_bitsandbytes_without_the_notices():
     done = subprocess.run(
-        [sys.executable, "-c", "from lora_kata import worker; worker.preload(); import peft"],
+        [sys.executable, "-c", "from lora_kata.cli import worker; worker.preload(); import peft"],
         cwd=REPO,
         env=clean_env(),
         capture_output=True,

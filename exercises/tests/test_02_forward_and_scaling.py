@@ -263,6 +263,7 @@ def test_gradients_reach_B_only_at_init_and_never_the_base():
     )
 
 
+@pytest.mark.differential  # a comparison with peft: runs once the rest pass
 @pytest.mark.parametrize("rslora", [False, True])
 def test_matches_peft_lora_linear_on_the_same_weights(rslora):
     """Differential check: peft's own LoRA Linear, holding the same W0, A and B."""

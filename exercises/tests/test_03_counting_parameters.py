@@ -6,6 +6,7 @@ r=16 LoRA matrices to q_proj and v_proj (exercise 04 does it with your inject_lo
 """
 
 import copy
+import re
 
 import pytest
 import torch
@@ -48,6 +49,33 @@ def attach_lora_parameters(model, targets=("q_proj", "v_proj"), r=16):
 def tutorial_format(trainable, total):
     percent = 100 * trainable / total
     return f"trainable params: {trainable} || all params: {total} || trainable%: {percent}"
+
+
+LINE_FIELDS = re.compile(r"trainable params: (\S+) \|\| all params: (\S+) \|\| trainable%: (\S+)")
+
+
+def line_mistake(line, trainable, total):
+    """What differs between `line` and the tutorial's format for these counts (a message)."""
+    fields = LINE_FIELDS.fullmatch(line)
+    if not fields:
+        return msg("03.line_labels")
+    counts, percent = fields.group(1, 2), fields.group(3)
+    if counts != (str(trainable), str(total)):
+        if [c.replace(",", "").replace("_", "") for c in counts] == [str(trainable), str(total)]:
+            return msg("03.line_separators")
+        return msg("03.line_counts_differ", counts=f"{counts[0]}, {counts[1]}")
+    want = 100 * trainable / total
+    try:
+        value = float(percent)
+    except ValueError:
+        return msg("03.line_percent_not_a_float", percent=percent)
+    if value == pytest.approx(trainable / total, rel=1e-9) and want != value:
+        return msg("03.line_fraction")
+    if percent == str(100 * trainable // total):
+        return msg("03.line_integer_division")
+    if value == pytest.approx(want, rel=1e-3, abs=0.01):
+        return msg("03.line_rounded", percent=percent, want=repr(want))
+    return msg("03.line_percent_differs", percent=percent, want=repr(want))
 
 
 class Mixed(nn.Module):
@@ -128,8 +156,11 @@ def test_line_has_the_tutorials_exact_format():
     line = counting.trainable_parameters_line(model)
     # With your own counts (1024 and 2113 when count_parameters is right: the counting tests
     # check those), this test checks the format alone.
-    expected = tutorial_format(*counting.count_parameters(model))
-    assert line == expected, msg("03.line_format", expected=expected, line=line)
+    counts = counting.count_parameters(model)
+    expected = tutorial_format(*counts)
+    assert line == expected, msg(
+        "03.line_format", expected=expected, line=line, why=line_mistake(line, *counts)
+    )
 
 
 @given(st.integers(1, 10**9), st.integers(0, 10**9))
@@ -138,8 +169,11 @@ def test_line_is_exact_for_any_counts(trainable, frozen):
     model.a = nn.Parameter(torch.empty(trainable, device="meta"))  # meta: counts without memory
     model.b = nn.Parameter(torch.empty(frozen, device="meta"), requires_grad=False)
     line = counting.trainable_parameters_line(model)
-    expected = tutorial_format(*counting.count_parameters(model))  # your counts: format only
-    assert line == expected, msg("03.line_for_any_counts", expected=expected, line=line)
+    counts = counting.count_parameters(model)  # your counts: this test checks the format only
+    expected = tutorial_format(*counts)
+    assert line == expected, msg(
+        "03.line_for_any_counts", expected=expected, line=line, why=line_mistake(line, *counts)
+    )
 
 
 def test_reproduces_the_tutorials_opt_6_7b_line(opt_6_7b):
@@ -154,7 +188,7 @@ def test_reproduces_the_tutorials_opt_6_7b_line(opt_6_7b):
         line=line,
         why=msg("03.tutorials_line_counts_off", trainable=trainable, total=total)
         if counts_off
-        else "",
+        else line_mistake(line, trainable, total),
     )
 
 

@@ -418,6 +418,7 @@ def test_lora_state_dict_holds_only_the_lora_tensors():
         assert torch.equal(value, full[key]), msg("04.state_dict_current_values", key=key)
 
 
+@pytest.mark.differential  # a comparison with peft: runs once the rest pass
 @pytest.mark.parametrize("bias", ["none", "all", "lora_only"])
 def test_lora_state_dict_has_the_keys_peft_saves(bias):
     from peft import get_peft_model_state_dict
@@ -501,6 +502,7 @@ def check_same_as_peft(ours, theirs, targets):
     )
 
 
+@pytest.mark.differential  # a comparison with peft: runs once the rest pass
 @pytest.mark.parametrize("bias", ["none", "all", "lora_only"])
 def test_matches_peft_on_a_tiny_opt(bias):
     from lora_kata.testing.lora_models import peft_model
@@ -529,8 +531,11 @@ def test_wraps_the_linear8bitlt_layers_of_a_model_loaded_in_8bit(tiny_opt_dir):
             "04.lora_float32_on_8bit", name=name, dtypes=dtypes
         )
     trainable = trainable_names(model)
-    assert trainable == lora_names(Q_AND_V), msg(
-        "04.only_lora_trainable_in_8bit", differing=sorted(trainable ^ lora_names(Q_AND_V))
+    want = lora_names(Q_AND_V)
+    assert trainable == want, msg(
+        "04.only_lora_trainable_in_8bit",
+        extra=sorted(trainable - want),
+        missing=sorted(want - trainable),
     )
     x = tokens()
     model(x, labels=x).loss.backward()  # the int8 base path and the fp32 update both run
@@ -540,6 +545,7 @@ def test_wraps_the_linear8bitlt_layers_of_a_model_loaded_in_8bit(tiny_opt_dir):
     )
 
 
+@pytest.mark.differential  # a comparison with peft: runs once the rest pass
 @pytest.mark.parametrize("bias", ["none", "lora_only"])
 def test_matches_peft_on_a_tiny_opt_loaded_in_8bit(tiny_opt_dir, bias):
     from lora_kata.testing.int8 import load_tiny_opt_in_8bit

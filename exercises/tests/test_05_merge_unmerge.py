@@ -79,14 +79,21 @@ def test_merged_forward_equals_unmerged_forward(dims, alpha, batch_dims):
     k, d, r = dims
     layer = randomised_layer(k, d, r, alpha)
     x = seeded_randn(*([3] * batch_dims), k, seed=5)
+    w0 = layer.base.weight.detach().clone()
     with torch.no_grad():
         unmerged = layer(x)
         layer.merge()
         merged = layer(x)
         base_only = layer.base(x)
     assert torch.equal(merged, base_only), msg("05.merged_forward_is_base_alone")
+    added = layer.base.weight.detach() - w0
+    unscaled = (layer.lora_B @ layer.lora_A).detach()
     assert torch.allclose(merged, unmerged, atol=tolerance(unmerged)), msg(
-        "05.merged_equals_unmerged", difference=(merged - unmerged).abs().max().item()
+        "05.merged_equals_unmerged",
+        difference=(merged - unmerged).abs().max().item(),
+        why=msg("05.merge_added_unscaled")
+        if torch.allclose(added, unscaled, atol=tolerance(unscaled))
+        else msg("05.merge_added_other"),
     )
 
 
@@ -322,6 +329,7 @@ def test_merge_lora_on_a_model_loaded_in_8bit_is_refused(tmp_path):
     )
 
 
+@pytest.mark.differential  # a comparison with peft: runs once the rest pass
 def test_merged_weights_equal_peft_merge_and_unload():
     from lora_kata.models.tiny import build_tiny_opt
     from lora_kata.testing.lora_models import copy_lora_into_peft, peft_model

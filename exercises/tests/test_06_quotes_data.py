@@ -52,8 +52,9 @@ def good_lines():
     return [json.dumps(row, ensure_ascii=False) for row in GOOD_ROWS]
 
 
-def value_error_from_load(path, what):
-    """Call load_quotes(path); return the ValueError's text, or fail saying what happened."""
+def value_error_from_load(path, what, accepted):
+    """Call load_quotes(path); return the ValueError's text, or fail saying what happened
+    (`accepted`: what returning rows for this file means)."""
     try:
         result = data.load_quotes(path)
     except ValueError as error:
@@ -70,7 +71,7 @@ def value_error_from_load(path, what):
             )
         )
     rows = len(result) if hasattr(result, "__len__") else "?"
-    pytest.fail(msg("06.load_returned_rows", what=what, rows=rows))
+    pytest.fail(msg("06.load_returned_rows", what=what, rows=rows, why=accepted))
 
 
 def shipped_rows():
@@ -113,7 +114,9 @@ def test_load_quotes_reads_any_path_it_is_given(tmp_path):
 
 def test_missing_file_is_a_value_error_naming_it(tmp_path):
     path = tmp_path / "no_such_quotes.jsonl"
-    message = value_error_from_load(path, msg("06.case_missing_file"))
+    message = value_error_from_load(
+        path, msg("06.case_missing_file"), msg("06.missing_file_accepted")
+    )
     assert "no_such_quotes.jsonl" in message, msg("06.missing_file_named", message=message)
 
 
@@ -121,7 +124,9 @@ def test_malformed_line_is_a_value_error_naming_the_file_and_line(tmp_path):
     lines = good_lines()
     lines.insert(2, '{"quote": "“Unfinished", "author": ')  # line 3 is cut short
     path = write_lines(tmp_path, lines, name="broken.jsonl")
-    message = value_error_from_load(path, msg("06.case_malformed_line"))
+    message = value_error_from_load(
+        path, msg("06.case_malformed_line"), msg("06.bad_line_accepted")
+    )
     assert "broken.jsonl" in message and "line 3" in message, msg(
         "06.malformed_line_named", message=message
     )
@@ -132,7 +137,9 @@ def test_missing_column_is_a_value_error_naming_the_column_and_line(tmp_path, co
     rows = [dict(row) for row in GOOD_ROWS]
     del rows[1][column]
     path = write_lines(tmp_path, [json.dumps(row, ensure_ascii=False) for row in rows])
-    message = value_error_from_load(path, msg("06.case_missing_column", column=column))
+    message = value_error_from_load(
+        path, msg("06.case_missing_column", column=column), msg("06.missing_column_accepted")
+    )
     # Naming the line (here "line 2") helps most, but the design asks for it only where known.
     assert column in message and "quotes.jsonl" in message, msg(
         "06.missing_column_named", column=column, message=message
@@ -143,18 +150,18 @@ def test_a_line_that_is_not_a_json_object_is_a_value_error(tmp_path):
     lines = good_lines()
     lines[0] = JSON_LIST_LINE
     path = write_lines(tmp_path, lines)
-    message = value_error_from_load(path, msg("06.case_json_list"))
+    message = value_error_from_load(path, msg("06.case_json_list"), msg("06.bad_line_accepted"))
     assert "quotes.jsonl" in message, msg("06.json_list_file_named", message=message)
 
 
 def test_an_empty_file_is_a_value_error(tmp_path):
     path = write_lines(tmp_path, ["", "  "], name="empty.jsonl")
-    message = value_error_from_load(path, msg("06.case_empty_file"))
+    message = value_error_from_load(path, msg("06.case_empty_file"), msg("06.empty_file_accepted"))
     assert "empty.jsonl" in message, msg("06.empty_file_named", message=message)
 
 
 @pytest.mark.parametrize(
-    "column, value, kind",
+    ("column", "value", "kind"),
     [
         ("tags", "wit", "list[str]"),
         ("tags", ["wit", 7], "list[str]"),
@@ -170,7 +177,7 @@ def test_a_column_of_the_wrong_type_is_a_value_error_naming_the_file_and_line(
     rows[1][column] = value
     path = write_lines(tmp_path, [json.dumps(row, ensure_ascii=False) for row in rows])
     what = msg("06.case_wrong_type", column=column, value=json.dumps(value), kind=kind)
-    message = value_error_from_load(path, what)
+    message = value_error_from_load(path, what, msg("06.wrong_type_accepted"))
     assert "quotes.jsonl" in message and "line 2" in message, msg(
         "06.wrong_type_named", message=message
     )
@@ -379,7 +386,10 @@ def shifted_by(labels, input_ids, attention_mask, step):
 def diagnose(labels, input_ids, attention_mask, pad_id):
     """Name the usual mistake that produces these labels, if one does."""
     if (input_ids == -100).any():
-        return msg("06.labels_without_clone")
+        shared = labels.untyped_storage().data_ptr() == input_ids.untyped_storage().data_ptr()
+        return (
+            msg("06.labels_without_clone") if shared else msg("06.input_ids_padded_with_minus_100")
+        )
     if labels.shape == input_ids.shape and torch.equal(
         labels, input_ids.masked_fill(input_ids == pad_id, -100)
     ):

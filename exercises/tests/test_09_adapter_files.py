@@ -97,7 +97,9 @@ def test_config_holds_the_settings_peft_needs(tmp_path):
         assert saved[key] == value, msg("09.config_value", key=key, got=saved[key], want=value)
     for key, value in optional.items():
         if key in saved and key != "inference_mode":  # peft's own LoraConfig writes False
-            assert saved[key] == value, msg("09.config_optional_value", key=key, got=saved[key])
+            assert saved[key] == value, msg(
+                "09.config_optional_value", key=key, got=saved[key], want=value
+            )
     assert isinstance(saved.get("target_modules"), list), msg(
         "09.target_modules_list", got=saved.get("target_modules")
     )
@@ -206,6 +208,7 @@ def test_round_trip_restores_the_weights_and_the_logits(tmp_path):
     )
 
 
+@pytest.mark.differential  # a comparison with peft: runs once the rest pass
 def test_peft_loads_our_adapter_with_identical_logits(tmp_path):
     from peft import PeftModel
 
@@ -225,6 +228,7 @@ def test_peft_loads_our_adapter_with_identical_logits(tmp_path):
     )
 
 
+@pytest.mark.differential  # a comparison with peft: runs once the rest pass
 def test_load_adapter_reads_a_peft_saved_adapter_with_identical_logits(tmp_path):
     from peft import LoraConfig, get_peft_model
 
@@ -317,6 +321,7 @@ def test_a_shape_mismatch_is_an_error_and_leaves_the_model_untouched(tmp_path):
     )
 
 
+@pytest.mark.differential  # a comparison with peft: runs once the rest pass
 def test_an_rslora_adapter_is_refused_or_loaded_as_peft_would(tmp_path):
     """use_rslora=True means the update is scaled by α/√r, not α/r. A loader may refuse such a
     file (ValueError naming use_rslora) or honour it; loading it as plain α/r is wrong."""

@@ -434,6 +434,7 @@ def test_prefix_tuning_count_is_n_times_2_times_layers_times_h(size):
     assert type(got) is int, msg("13.count_is_an_int", found=type(got).__name__)
 
 
+@pytest.mark.differential  # a comparison with peft: runs once the rest pass
 def test_counts_equal_peft_trainable_parameters_on_the_tiny_opt():
     from peft import PrefixTuningConfig, PromptTuningConfig
 
@@ -485,6 +486,7 @@ def test_counts_equal_peft_trainable_parameters_on_the_tiny_opt():
     )
 
 
+@pytest.mark.differential  # a comparison with peft: runs once the rest pass
 def test_opt_6_7b_20_virtual_tokens_train_81920_or_5242880_against_loras_8388608():
     from peft import PrefixTuningConfig, PromptTuningConfig
 

@@ -38,6 +38,9 @@ class Exercise:
     timeout: float = 60.0
     hints: tuple[dict[str, str], ...] = ()
     test_hints: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Tests that name a root cause: when one mistake fails several tests, the report leads
+    # with the first of these that failed (e.g. "first fit" before "positions restart").
+    lead: tuple[str, ...] = ()
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -68,8 +71,22 @@ class Exercise:
         return entry.get(lang) or entry["en"]
 
 
+class CatalogueError(ValueError):
+    """A catalogue file that cannot be read: the message names the file (and line)."""
+
+
 def _parse(path: Path) -> Exercise:
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise CatalogueError(f"{path}: not valid TOML: {error}") from None
+    try:
+        return _exercise(data)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CatalogueError(f"{path}: missing or malformed field: {error}") from None
+
+
+def _exercise(data: dict) -> Exercise:
     return Exercise(
         id=str(data["id"]),
         slug=str(data["slug"]),
@@ -79,6 +96,7 @@ def _parse(path: Path) -> Exercise:
         timeout=float(data.get("timeout", 60)),
         hints=tuple(dict(h) for h in data.get("hints", ())),
         test_hints={k: dict(v) for k, v in data.get("tests", {}).items()},
+        lead=tuple(data.get("lead", ())),
     )
 
 

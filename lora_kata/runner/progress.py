@@ -8,6 +8,7 @@ same data, so the two always agree.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ STUB_MESSAGE = re.compile(r"Exercise (\d\d): *(.*)")
 # Test-level kinds of outcome.
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 # Why a test did not pass.
-OWN_STUB, OTHER_STUB, BROKEN, TIMEOUT, WRONG, WAITING, ENV_SKIP = (
+OWN_STUB, OTHER_STUB, BROKEN, TIMEOUT, WRONG, WAITING, ENV_SKIP, DEFERRED = (
     "own stub",
     "other stub",
     "broken",
@@ -33,15 +34,18 @@ OWN_STUB, OTHER_STUB, BROKEN, TIMEOUT, WRONG, WAITING, ENV_SKIP = (
     "wrong",
     "waiting",
     "skipped here",
+    "deferred",  # a comparison with peft, waiting for the exercise's other tests to pass
 )
-# Exercise statuses, in the words of the report.
-DONE, FAILING, NOT_STARTED, BROKEN_STATUS, WAITING_STATUS, NOT_RUN = (
+# Exercise statuses, in the words of the report. PARTIAL: every test this run saw passed, but
+# it saw only part of the exercise (-k on part of it, a node id, -x, Ctrl-C): never "done".
+DONE, FAILING, NOT_STARTED, BROKEN_STATUS, WAITING_STATUS, NOT_RUN, PARTIAL = (
     "done",
     "failing",
     "not started",
     "broken",
     "waiting",
     "not run",
+    "run in part",
 )
 
 
@@ -59,6 +63,9 @@ class TestRecord:
     stub_exercise: str | None = None
     stub_function: str | None = None
     duration_s: float = 0.0
+    seconds: float | None = None  # a timeout's limit
+    first_test: str | None = None  # a timeout: the test in which the function first hung
+    complete: bool = False  # its verdict is in (call phase reported, or setup failed / skipped)
 
 
 @dataclass
@@ -76,10 +83,22 @@ class ExerciseResult:
     changed: bool = False  # not run this time, and its code changed since its last run
     fingerprint: str | None = None  # of the files its status was measured on (fingerprint.py)
     skipped_here: list[str] = field(default_factory=list)  # reasons (no GPU, ...)
+    partial: bool = False  # this run saw only part of its tests (`seen` of `total`)
+    seen: int = 0
 
 
-def default_path() -> Path:
-    return Path(os.environ.get("LORA_KATA_PROGRESS") or REPO_ROOT / ".lora_kata" / "progress.json")
+def default_path(impl: str = "exercises") -> Path:
+    """The learner's progress file, or another implementation's own: a `--solutions` run (or any
+    LORA_KATA_IMPL) never touches the learner's progress."""
+    if os.environ.get("LORA_KATA_PROGRESS"):
+        return Path(os.environ["LORA_KATA_PROGRESS"])
+    folder = REPO_ROOT / ".lora_kata"
+    if impl == "exercises":
+        return folder / "progress.json"
+    if impl == "solutions":
+        return folder / "progress-solutions.json"
+    digest = hashlib.sha1(str(Path(impl).expanduser().resolve()).encode()).hexdigest()[:10]
+    return folder / f"progress-{digest}.json"
 
 
 def read(path: Path | None = None) -> dict | None:
@@ -123,12 +142,20 @@ def last_statuses(
     return previous
 
 
-def exercise_status(exercise: Exercise, records: list[TestRecord]) -> ExerciseResult:
+def exercise_status(
+    exercise: Exercise, records: list[TestRecord], expected: int | None = None
+) -> ExerciseResult:
+    """The status of an exercise from its tests' records. `expected`: how many tests it has in
+    all; a run that saw fewer is partial and never makes it done."""
+    records = [r for r in records if r.complete]
     passed = sum(r.outcome == PASSED for r in records)
-    result = ExerciseResult(exercise.id, exercise.title["en"], NOT_RUN, passed, len(records))
+    total = max(expected or 0, len(records))
+    result = ExerciseResult(exercise.id, exercise.title["en"], NOT_RUN, passed, total)
+    result.seen = len(records)
     result.time_s = round(sum(r.duration_s for r in records), 3)
     if not records:
         return result
+    result.partial = len(records) < total
     failed = [r for r in records if r.outcome == FAILED]
     waiting = [r for r in records if r.why == WAITING]
     result.skipped_here = sorted({r.message for r in records if r.why == ENV_SKIP})
@@ -141,7 +168,7 @@ def exercise_status(exercise: Exercise, records: list[TestRecord]) -> ExerciseRe
         result.status = WAITING_STATUS
         result.waiting_for = sorted({r.message for r in waiting})
     elif not failed and passed:
-        result.status = DONE
+        result.status = PARTIAL if result.partial else DONE
     elif not failed:  # everything skipped for reasons of this machine (no GPU, ...)
         result.status = NOT_RUN
     elif not passed and all(r.why == OWN_STUB for r in failed):
@@ -152,14 +179,25 @@ def exercise_status(exercise: Exercise, records: list[TestRecord]) -> ExerciseRe
 
 
 def summarise(
-    records: list[TestRecord], previous: Previous, current: dict[str, str] | None = None
+    records: list[TestRecord],
+    previous: Previous,
+    current: dict[str, str] | None = None,
+    expected: dict[str, int] | None = None,
 ) -> list[ExerciseResult]:
+    """Each exercise's result: this run's where it ran, else the last run's while its code is
+    unchanged. A partial run whose tests all passed keeps an earlier complete verdict of "done"
+    on the same code (that run saw everything); it never makes one."""
+    expected = expected or {}
     results = []
     for exercise in load_catalog():
         mine = [r for r in records if r.exercise == exercise.id]
-        result = exercise_status(exercise, mine)
-        if result.status == NOT_RUN:
-            result.last_status = previous.statuses.get(exercise.id)
+        result = exercise_status(exercise, mine, expected.get(exercise.id))
+        earlier = previous.statuses.get(exercise.id)
+        if result.status == PARTIAL and earlier == DONE:
+            result.status, result.partial = DONE, False
+            result.passed, result.total = previous.counts.get(exercise.id, (0, 0))
+        if result.status == NOT_RUN and not result.seen:
+            result.last_status = earlier
             result.changed = exercise.id in previous.changed
             if result.last_status:  # its counts still hold: the bar shows the whole kata
                 result.passed, result.total = previous.counts.get(exercise.id, (0, 0))
@@ -211,6 +249,7 @@ def as_json(
     *,
     files: dict[str, str] | None = None,
     unparsable: list[dict] | None = None,
+    interrupted: bool = False,
 ) -> dict:
     return {
         "schema": SCHEMA,
@@ -225,4 +264,6 @@ def as_json(
         "tests": [asdict(r) for r in records],
         "files": files or {},  # {module: content hash} when the run started
         "unparsable": unparsable or [],  # implementation files that do not compile
+        "interrupted": interrupted,  # Ctrl-C: what ran is recorded, nothing more is claimed
+        "partial": [r.id for r in results if r.partial],  # exercises this run saw only part of
     }

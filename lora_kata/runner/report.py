@@ -7,122 +7,47 @@ from __future__ import annotations
 
 import dataclasses
 
-from lora_kata import REPO_ROOT
 from lora_kata.catalog import by_id
 from lora_kata.messages import label, t, title_of_test
 from lora_kata.messages.language import display_width
 from lora_kata.runner import fingerprint
+from lora_kata.runner.next_step import next_step
 from lora_kata.runner.progress import (
     BROKEN_STATUS,
     DONE,
-    FAILED,
     FAILING,
     NOT_RUN,
     NOT_STARTED,
     OWN_STUB,
+    PARTIAL,
     TIMEOUT,
     WAITING_STATUS,
     WRONG,
     ExerciseResult,
     TestRecord,
     effective_status,
-    next_exercise,
 )
 
-MARKS = {DONE: "✔", FAILING: "✘", NOT_STARTED: "·", BROKEN_STATUS: "!", WAITING_STATUS: "⧗"}
-COLOURS = {DONE: "green", FAILING: "red", BROKEN_STATUS: "red", WAITING_STATUS: "yellow"}
+MARKS = {
+    DONE: "✔",
+    FAILING: "✘",
+    NOT_STARTED: "·",
+    BROKEN_STATUS: "!",
+    WAITING_STATUS: "⧗",
+    PARTIAL: "◐",
+}
+COLOURS = {
+    DONE: "green",
+    FAILING: "red",
+    BROKEN_STATUS: "red",
+    WAITING_STATUS: "yellow",
+    PARTIAL: "yellow",
+}
 BAR_WIDTH = 30
 
 
 def _pad(text: str, width: int) -> str:
     return text + " " * max(0, width - display_width(text))
-
-
-def _relative_lesson(exercise_id: str, lang: str) -> str:
-    exercise = by_id(exercise_id)
-    return f"lessons/{lang}/{exercise.id}-{exercise.slug}.md"
-
-
-def next_step(
-    results: list[ExerciseResult],
-    records: list[TestRecord],
-    lang: str,
-    unparsable: list[dict] | None = None,
-) -> dict | None:
-    """The next exercise, where to edit, and the first failure with its hint.
-
-    "All done" needs every exercise done on the current code and every file compiling."""
-    target = next_exercise(results)
-    if target is None and unparsable:
-        first = unparsable[0]
-        where = f"{first['file']}:{first['line']}" if first.get("line") else first["file"]
-        return {"unparsable": where, "message": first["message"]}
-    if target is None:
-        return {"all_done": True} if results else None
-    exercise = by_id(target.id)
-    module, _, function = exercise.functions[0].partition(".")
-    if len(exercise.modules) == 1 and len(exercise.functions) > 1:
-        function = ", ".join(f.partition(".")[2] for f in exercise.functions)
-    step: dict = {
-        "id": exercise.id,
-        "title": exercise.title_in(lang),
-        "status": effective_status(target.status, target.last_status),
-        "file": f"exercises/{module}.py",
-        "function": function,
-        "lesson": _relative_lesson(exercise.id, lang),
-        "more": f"lora-kata hint {exercise.id} --level 2",
-    }
-    if target.status == NOT_RUN and target.changed:
-        step["changed"] = True  # its code changed since its last run: run it, then judge
-    failures = [r for r in records if r.exercise == exercise.id and r.outcome == FAILED]
-    if not failures:
-        step["hint"] = exercise.hint(1, lang)
-        return step
-    first = failures[0]
-    if first.why == OWN_STUB and first.stub_function:
-        # The stub names the function; the catalogue knows its module.
-        for qualified in exercise.functions:
-            mod, _, name = qualified.partition(".")
-            if name == first.stub_function:
-                step["file"], step["function"] = f"exercises/{mod}.py", name
-                break
-    elif first.where and "/tests/" not in first.where:
-        # The failure happened inside the learner's code: point at that function.
-        enclosing = _enclosing_definition(first.where)
-        if enclosing:
-            step["file"], step["function"] = enclosing
-    step["test"] = first.name
-    step["where"] = first.where
-    step["why"] = first.why
-    step["message"] = first.message
-    step["error_type"] = first.error_type
-    step["example"] = first.example
-    step["failing"] = len(failures)
-    if first.why == OWN_STUB:
-        step["example"] = None  # any input fails a stub: the example says nothing
-        step["hint"] = exercise.hint(1, lang)
-    else:
-        step["hint"] = exercise.hint_for_test(first.name, lang) or exercise.hint(1, lang)
-    return step
-
-
-def _enclosing_definition(where: str) -> tuple[str, str] | None:
-    """(exercises/<module>.py, qualified name) of the def around `path:line`, if any."""
-    from lora_kata.runner.splice import definition_at
-
-    path, _, line = where.rpartition(":")
-    try:
-        source = (
-            (REPO_ROOT / path).read_text(encoding="utf-8")
-            if not path.startswith("/")
-            else open(path, encoding="utf-8").read()
-        )
-    except OSError:
-        return None
-    name = definition_at(source, int(line)) if line.isdigit() else None
-    if name is None:
-        return None
-    return f"exercises/{path.rsplit('/', 1)[-1]}", name
 
 
 def refresh(data: dict, lang: str | None = None) -> dict:
@@ -186,6 +111,15 @@ def failure_heading(step: dict, lang: str) -> list[tuple[str, dict]]:
     ]
 
 
+def _timeout_words(step: dict, lang: str) -> str:
+    seconds = step.get("seconds") or 0
+    function = step.get("message") or step["file"]
+    if step.get("first_test"):
+        return t("timeout again", lang, function=function, seconds=seconds, test=step["first_test"])
+    place = step.get("where") or step["file"]
+    return t("timeout", lang, seconds=seconds, where=f"{function} ({place})")
+
+
 def render_report(terminal, data: dict, lang: str) -> None:
     """Print the report with pytest's terminal writer (colours where the terminal has them)."""
     # Under zh pytest's own lines go through a translator (lora_kata.messages.pytest_zh); the report
@@ -198,6 +132,19 @@ def render_report(terminal, data: dict, lang: str) -> None:
         write_line(line, **markup)
 
 
+def _partial_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
+    """What this run did not see: Ctrl-C, and exercises run only in part, with the command
+    that gives a verdict."""
+    out: list[tuple[str, dict]] = []
+    partial = [e for e in data["exercises"] if e.get("partial") and e["status"] != DONE]
+    if data.get("interrupted"):
+        out.append((" " + t("interrupted", lang), {"yellow": True, "bold": True}))
+    for e in partial:
+        line = t("partial note", lang, id=e["id"], seen=e.get("seen", 0), total=e["total"])
+        out.append((" " + line, {"yellow": True}))
+    return out
+
+
 def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
     """The report as (text, markup) lines, from a progress dict (see lora_kata.runner.progress)."""
     out: list[tuple[str, dict]] = []
@@ -208,25 +155,28 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
     for e in exercises:
         exercise = by_id(e["id"])
         status = e["status"]
+        mark_status = status
         if status == WAITING_STATUS:
             words = t("waiting", lang, req=", ".join(e["waiting_for"]))
+        elif status == NOT_RUN and e.get("last_status"):
+            # Not run this time, and its code is unchanged since it was: that verdict holds.
+            last = e["last_status"]
+            mark_status = last
+            words = t("waiting plain" if last == WAITING_STATUS else last, lang)
+            words += " (" + t("earlier run", lang) + ")"
         elif status == NOT_RUN:
             words = t("not run", lang)
-            if e.get("changed") and not e.get("last_status"):
+            if e.get("changed"):
                 words += " (" + t("changed since", lang) + ")"
-            elif e.get("last_status"):
-                last = e["last_status"]
-                last_words = t("waiting plain" if last == WAITING_STATUS else last, lang)
-                words += " (" + t("last run", lang, status=last_words) + ")"
         else:
             words = t(status, lang)
         count = f"{e['passed']}/{e['total']}" if e["total"] else ""
         if status == BROKEN_STATUS and e.get("broken_at"):
             count = e["broken_at"]
-        mark = MARKS.get(status, "-")
+        mark = MARKS.get(mark_status, "-")
         text = f" {mark} {e['id']}  {_pad(exercise.title_in(lang), title_width)}"
-        text += f"{_pad(words, 22)} {count}"
-        colour = COLOURS.get(status)
+        text += f"{_pad(words, 24)} {count}"
+        colour = COLOURS.get(mark_status)
         out.append((text.rstrip(), {colour: True} if colour else {}))
         for reason in e.get("skipped_here") or []:
             out.append((f"       {label('skipped', lang)}{reason}", {}))
@@ -246,6 +196,7 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
             {"bold": True},
         )
     )
+    out.extend(_partial_lines(data, lang))
     step = data.get("next")
     if not step:
         return out
@@ -278,15 +229,15 @@ def report_lines(data: dict, lang: str) -> list[tuple[str, dict]]:
         if step.get("why") == OWN_STUB:
             out.append(("   " + t("start", lang, file=step["file"], id=step["id"]), {}))
         elif step.get("why") == TIMEOUT:
-            seconds = float(step["message"].split()[2])  # "Timeout after N s"
-            place = step.get("where") or step["file"]
-            out.append(("   " + t("timeout", lang, seconds=seconds, where=place), {}))
+            out.append(("   " + _timeout_words(step, lang), {}))
         else:
-            out.append(("   " + shown_message(step, lang), {}))
+            out.extend(("   " + line, {}) for line in shown_message(step, lang).splitlines())
         if step.get("example"):
             out.append((f"   {label('example', lang)}{step['example']}", {}))
         if step.get("failing", 0) > 1:
             out.append(("   " + t("other failures", lang, n=step["failing"] - 1), {}))
+        if step.get("deferred"):
+            out.append(("   " + t("deferred", lang, n=step["deferred"]), {}))
     out.append(("", {}))
     for i, line in enumerate(step["hint"].strip().splitlines()):
         prefix = f" {label('hint', lang)}" if i == 0 else "   "
