@@ -12,6 +12,11 @@ What it measures, and the goals (goals live here, never in timed tests):
   reaches, with the environment the kata's runner sets), alternated floor/kata/kata/floor;
   the ratio of the best CPU times (user + sys, the least disturbed by a busy machine), goal
   ≤ 1.5, and of the best wall times;
+- for every exercise NN, the loop a learner is usually in, a FAILING exercise: `pytest
+  exercises/ -k test_NN` on the reference with NN's first catalogued mistake applied
+  (tests/mutants/NN.toml), against the base floor `python -c "import torch, hypothesis,
+  pytest"` and against NN's own import floor, alternated; goal ≤ 1.5 against the base floor
+  (the comparisons with peft wait until the rest pass, so a failing run does not import it);
 - exercise 08's test time (the sum of its tests' durations), goal ≤ 10 s;
 - the whole `pytest exercises/ --solutions`, wall and CPU, goal ≤ 20 s (wall, on an idle
   2-core machine: on a busy one read the CPU time);
@@ -175,6 +180,43 @@ def measure_exercise(exercise_id: str, repeat: int, scratch: Path) -> dict:
     }
 
 
+BASE_FLOOR = ["torch", "hypothesis", "pytest"]
+
+
+def measure_failing(exercise_id: str, repeat: int, scratch: Path) -> dict:
+    from tests.kata_harness import load_mutants
+
+    mutant = next(m for m in load_mutants() if m.exercise == exercise_id)
+    impl = mutant.apply(scratch / f"failing-{exercise_id}")
+    base_cmd = [sys.executable, "-c", "import " + ", ".join(BASE_FLOOR)]
+    own_cmd = [sys.executable, "-c", "import " + ", ".join(floor_modules(exercise_id))]
+    progress = scratch / f"progress-failing-{exercise_id}.json"
+    kata_cmd = [sys.executable, "-m", "pytest", "exercises/", "-q", "-k", f"test_{exercise_id}"]
+    kata_cmd += ["--kata-progress", str(progress)]
+    env = _env(LORA_KATA_IMPL=str(impl))
+    bases, owns, katas = [], [], []
+    for _ in range(repeat):  # ABBA
+        bases.append(timed(base_cmd))
+        owns.append(timed(own_cmd))
+        katas.append(timed(kata_cmd, env=env))
+        katas.append(timed(kata_cmd, env=env))
+        owns.append(timed(own_cmd))
+        bases.append(timed(base_cmd))
+    base = min(b["cpu_s"] for b in bases)
+    own = min(o["cpu_s"] for o in owns)
+    kata = min(k["cpu_s"] for k in katas)
+    return {
+        "exercise": exercise_id,
+        "mistake": mutant.id,
+        "failed": all(k["rc"] == 1 for k in katas),
+        "base_floor_cpu_s": base,
+        "own_floor_cpu_s": own,
+        "kata_cpu_s": kata,
+        "ratio_base_cpu": round(kata / base, 2),
+        "ratio_own_cpu": round(kata / own, 2),
+    }
+
+
 def measure_full(scratch: Path) -> dict:
     run = timed(kata_command(scratch / "progress-full.json"))
     return {"wall_s": run["wall_s"], "cpu_s": run["cpu_s"], "ok": run["rc"] == 0}
@@ -268,6 +310,21 @@ def print_table(result: dict) -> None:
             f"{row['ratio_cpu']:>7.2f}{row['ratio_wall']:>11.2f}  {mark} "
             f"{', '.join(row['floor_modules'])}"
         )
+    if result.get("failing"):
+        print(
+            "\na failing exercise: pytest exercises/ -k test_NN with NN's first catalogued "
+            "mistake, vs the base floor (import " + ", ".join(BASE_FLOOR) + ") and NN's own"
+        )
+        header = f"{'NN':<4}{'base':>8}{'own':>8}{'kata':>8}{'/base':>7}{'/own':>7}  mistake"
+        print(header)
+        print("─" * (len(header) + 30))
+        for row in result["failing"]:
+            mark = "✔" if row["ratio_base_cpu"] <= GOAL_RATIO and row["failed"] else "✘"
+            print(
+                f"{row['exercise']:<4}{row['base_floor_cpu_s']:>7.2f}s{row['own_floor_cpu_s']:>7.2f}s"
+                f"{row['kata_cpu_s']:>7.2f}s{row['ratio_base_cpu']:>7.2f}{row['ratio_own_cpu']:>7.2f}"
+                f"  {mark} {row['mistake']}"
+            )
     if "tests_08_s" in result:
         print(f"\nexercise 08's tests: {result['tests_08_s']:.2f} s (goal ≤ {GOAL_08_S:g} s)")
     if "full" in result:
@@ -296,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-watch", action="store_true")
     parser.add_argument("--no-full", action="store_true")
     parser.add_argument("--no-exercises", action="store_true", help="skip the -k test_NN pairs")
+    parser.add_argument("--no-failing", action="store_true", help="skip the failing-exercise loop")
     args = parser.parse_args(argv)
     ids = args.only.split(",") if args.only else [e.id for e in load_catalog()]
     result: dict = {"loadavg": list(os.getloadavg()), "cpus": os.cpu_count()}
@@ -303,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(folder)
         result["exercises"] = (
             [] if args.no_exercises else [measure_exercise(i, args.repeat, scratch) for i in ids]
+        )
+        result["failing"] = (
+            [] if args.no_failing else [measure_failing(i, args.repeat, scratch) for i in ids]
         )
         for row in result["exercises"]:
             if row["exercise"] == "08":
@@ -313,7 +374,10 @@ def main(argv: list[str] | None = None) -> int:
             result["watch"] = measure_watch([i for i in ids if i <= "05"], scratch)
     worst = max((r["ratio_cpu"] for r in result["exercises"]), default=0)
     beyond = [r["beyond_tests_s"] for r in result.get("watch", []) if "beyond_tests_s" in r]
+    failing_worst = max((r["ratio_base_cpu"] for r in result["failing"]), default=0)
     result["goals"] = {
+        "failing_ratio_base_cpu_max": failing_worst,
+        "failing_ok": failing_worst <= GOAL_RATIO,
         "ratio_cpu_max": worst,
         "ratio_ok": worst <= GOAL_RATIO,
         "tests_08_ok": result.get("tests_08_s", 0) <= GOAL_08_S,

@@ -1,3 +1,3 @@
-from lora_kata.cli.main import main
+from lora_kata.cli import main
 
 raise SystemExit(main())

@@ -6,3 +6,7 @@
 
 It is the top room: it may import every other one, and none imports it.
 """
+
+from lora_kata.cli.main import main
+
+__all__ = ["main"]

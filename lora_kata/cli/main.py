@@ -21,11 +21,11 @@ from pathlib import Path
 
 from lora_kata import REPO_ROOT
 from lora_kata.catalog import by_id, load_catalog
+from lora_kata.cli.reset import cmd_reset
 from lora_kata.messages import label, t, title_of_test
 from lora_kata.messages.language import colon, language
 from lora_kata.runner import fingerprint, progress
 from lora_kata.runner.report import refresh, report_lines, shown_message
-from lora_kata.runner.splice import replace_definitions
 
 LEVEL_NAMES = {
     "en": {1: "a nudge", 2: "the concept", 3: "the steps and the API names"},
@@ -154,55 +154,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _git(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
-
-
-def _pristine_ref(explicit: str | None) -> str:
-    """Where the untouched stubs are: --from, else the upstream branch, else HEAD."""
-    if explicit:
-        return explicit
-    for ref in ("@{upstream}", "origin/HEAD"):
-        if _git("rev-parse", "--verify", "--quiet", ref).returncode == 0:
-            return ref
-    return "HEAD"
-
-
-def cmd_reset(args: argparse.Namespace) -> int:
-    lang = language(getattr(args, "lang", None))
-    exercise = by_id(args.exercise)
-    ref = _pristine_ref(args.ref)
-    backups = REPO_ROOT / ".lora_kata" / "backup"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for module in exercise.modules:
-        relative = f"exercises/{module}.py"
-        shown = _git("show", f"{ref}:{relative}")
-        if shown.returncode != 0:
-            error = shown.stderr.strip()
-            print(t("reset unreadable", lang, file=relative, ref=ref, error=error), file=sys.stderr)
-            return 2
-        path = REPO_ROOT / relative
-        current = path.read_text(encoding="utf-8")
-        names = [f.split(".", 1)[1] for f in exercise.functions if f.startswith(module + ".")]
-        try:
-            restored = replace_definitions(current, shown.stdout, names)
-        except SyntaxError as error:
-            print(
-                t("reset unparsable", lang, file=relative, line=error.lineno, ref=ref),
-                file=sys.stderr,
-            )
-            return 2
-        backups.mkdir(parents=True, exist_ok=True)
-        backup = backups / f"{module}.py.{stamp}"
-        backup.write_text(current, encoding="utf-8")  # nothing the learner wrote is lost
-        tmp = path.with_suffix(".py.tmp")
-        tmp.write_text(restored, encoding="utf-8")
-        os.replace(tmp, path)
-        saved = backup.relative_to(REPO_ROOT)
-        print(t("reset done", lang, names=", ".join(names), file=relative, ref=ref, saved=saved))
-    return 0
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
     from lora_kata.cli.watch import Watch
 
@@ -263,11 +214,38 @@ def build_parser() -> argparse.ArgumentParser:
     reset = sub.add_parser("reset", help="restore one exercise's stubs from git")
     reset.add_argument("exercise")
     reset.add_argument("--from", dest="ref", help="git ref holding the original stubs")
-    reset.set_defaults(func=cmd_reset)
+    reset.set_defaults(func=cmd_reset)  # cli/reset.py
     return parser
 
 
+def kata_root(start: Path) -> Path | None:
+    """The kata checkout holding `start` (it or a parent with exercises/ and lora_kata/)."""
+    for folder in (start, *start.parents):
+        if (folder / "exercises").is_dir() and (folder / "lora_kata" / "__init__.py").is_file():
+            return folder
+    return None
+
+
+def _in_this_folders_kata(argv: list[str]) -> int | None:
+    """Every command reads the kata in the current folder, never the one this copy of
+    lora_kata was installed from: elsewhere, run that folder's own runner (None: we are it)."""
+    if any(a in ("-h", "--help") for a in argv[:1]):
+        return None
+    here = kata_root(Path.cwd().resolve())
+    if here is None:
+        print(t("not a kata", language(None), folder=Path.cwd()), file=sys.stderr)
+        return 2
+    if here == REPO_ROOT.resolve() or os.environ.get("LORA_KATA_HANDED_OVER"):
+        return None
+    env = dict(os.environ, LORA_KATA_HANDED_OVER="1")
+    return subprocess.call([sys.executable, "-m", "lora_kata", *argv], cwd=here, env=env)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    handed = _in_this_folders_kata(argv)
+    if handed is not None:
+        return handed
     args = build_parser().parse_args(argv)
     if getattr(args, "pytest_args", None) and args.pytest_args[:1] == ["--"]:
         args.pytest_args = args.pytest_args[1:]
@@ -276,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as error:
         print(error.args[0], file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `lora-kata lesson 02 | head`: the reader left; that is no error of ours. Point stdout
+        # at nothing so Python's own flush at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

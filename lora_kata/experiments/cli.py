@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from lora_kata.messages import t
@@ -24,7 +25,7 @@ def cmd_try(args: argparse.Namespace) -> int:
     key = args.exercise.zfill(2)
     if key not in EXPERIMENTS:
         known = ", ".join(EXPERIMENTS)
-        print(t("no experiment", lang, key=key, known=known))
+        print(t("no experiment", lang, number=key, known=known), file=sys.stderr)
         return 2
     return run_and_print(EXPERIMENTS[key], lang, Path(args.out) if args.out else None)
 

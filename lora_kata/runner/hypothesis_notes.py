@@ -10,6 +10,7 @@ accepted, and tests/test_third_party_formats.py pins it against the installed Hy
 
 from __future__ import annotations
 
+import ast
 import re
 
 # "<lead>: test_name(" ... ")": every phrasing of Hypothesis's failing-example note known today.
@@ -19,17 +20,31 @@ LEADS = (
     "Failing test case",  # Hypothesis >= 6.170
     "Failing explicit example",  # Hypothesis >= 6.170, an @example that failed
 )
-NOTE = re.compile(rf"^(?:{'|'.join(map(re.escape, LEADS))}): \w+\((.*)\)\s*$", re.DOTALL)
-# Hypothesis's own comment after an argument: "dims=(1, 1),  # or any other generated value".
-COMMENT = re.compile(r"(?<=,)[ \t]+#[^\n]*$", re.MULTILINE)
+NOTE = re.compile(rf"^(?:{'|'.join(map(re.escape, LEADS))}): (\w+\(.*\))\s*$", re.DOTALL)
 MAX_CHARS = 300
 
 
+def _arguments(call_source: str) -> str | None:
+    """ "dims=(2, 3, 1), alpha=2.0" from the note's call, read as Python (its comments, such as
+    "# or any other generated value", and its line breaks are layout, not data)."""
+    try:
+        call = ast.parse(call_source, mode="eval").body
+    except SyntaxError:
+        return None
+    if not isinstance(call, ast.Call):
+        return None
+    parts = [ast.unparse(arg) for arg in call.args]
+    parts += [f"{kw.arg}={ast.unparse(kw.value)}" for kw in call.keywords if kw.arg]
+    return ", ".join(parts)
+
+
 def failing_example(notes: list[str]) -> str | None:
-    """`dims=(2, 3, 1), alpha=2.0` from a note "Failing test case: test_x(\\n dims=..., \\n)"."""
+    """`dims=(2, 3, 1), alpha=2.0` from a note "Failing test case: test_x(\n dims=..., \n)"."""
     for note in notes:
         match = NOTE.match(note.strip())
         if match:
-            args = " ".join(COMMENT.sub("", match.group(1)).split())
-            return args.strip().rstrip(",").strip()[:MAX_CHARS]
+            args = _arguments(match.group(1))
+            if args is None:  # not Python after all: its text, on one line
+                args = " ".join(match.group(1).split())
+            return args[:MAX_CHARS]
     return None

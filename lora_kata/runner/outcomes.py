@@ -54,17 +54,20 @@ def crash_location(excinfo: pytest.ExceptionInfo, test_path: Path) -> str | None
         return f"{path}:{line}"
 
 
-# pytest's assertion rewriting appends its own explanation to a failed `assert x, message`:
-# "message\nassert {...} == {...}\n  Extra items…". The kata's message comes first and never has
-# a line starting "assert "; tests/test_third_party_formats.py pins this on the installed pytest.
+# pytest's assertion rewriting turns a failed `assert x, message` into "message\nassert {...} ==
+# {...}\n  Extra items…", indenting the message's own later lines by two spaces. The kata's
+# message comes first and never has a line starting "assert ";
+# tests/test_third_party_formats.py pins this format on the installed pytest.
 PYTEST_EXPLANATION = "\nassert "
+PYTEST_INDENT = "  "
 
 
 def whole_message(text: str) -> str:
     """The message without pytest's assertion explanation or blank edges, whole up to a
     sensible cap (lines and characters)."""
     if PYTEST_EXPLANATION in text:
-        text = text[: text.index(PYTEST_EXPLANATION)]
+        first, *rest = text[: text.index(PYTEST_EXPLANATION)].split("\n")
+        text = "\n".join([first, *(line.removeprefix(PYTEST_INDENT) for line in rest)])
     lines = [line.rstrip() for line in text.strip().splitlines()]
     while lines and not lines[0].strip():
         lines.pop(0)
@@ -83,9 +86,13 @@ def first_leaf(error: BaseException) -> BaseException:
     return error
 
 
-def classify_skip(report: pytest.TestReport) -> dict:
-    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    reason = reason.removeprefix("Skipped: ")
+def classify_skip(report: pytest.TestReport, call: pytest.CallInfo) -> dict:
+    """Waiting, deferred (runner/gating.py's own reasons), or skipped for this machine."""
+    error = call.excinfo.value if call.excinfo is not None else None
+    reason = getattr(error, "msg", None)  # pytest's Skipped carries the reason as data
+    if not isinstance(reason, str):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
     if reason.startswith(WAITING_PREFIX):
         return {"why": WAITING, "message": reason[len(WAITING_PREFIX) : len(WAITING_PREFIX) + 2]}
     if reason.startswith(DEFERRED_PREFIX):

@@ -161,14 +161,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             mine = sum(1 for other in items if _exercise_of(other) == exercise_id)
             state.expected[exercise_id] = max(count or 0, mine)
     gating.comparisons_last(items)
-    if state.own_timeouts:
-        return
-    # No SIGALRM (Windows): pytest-timeout's thread method ends the run instead.
-    for item in items:
-        exercise_id = _exercise_of(item)
-        if exercise_id is not None and not item.get_closest_marker("timeout"):
-            seconds = timeouts.seconds_for(by_id(exercise_id).timeout)
-            item.add_marker(pytest.mark.timeout(seconds, method="thread"))
+    if not state.own_timeouts:  # no SIGALRM (Windows): pytest-timeout ends the run instead
+        for item in items:
+            exercise_id = _exercise_of(item)
+            if exercise_id is not None:
+                timeouts.mark_for_pytest_timeout(item, by_id(exercise_id).timeout)
 
 
 def _limit(item: pytest.Item):
@@ -234,7 +231,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             return report  # keep the first failure (call before teardown)
         record.outcome = FAILED if report.failed else SKIPPED
         if report.skipped:
-            info = outcomes.classify_skip(report)
+            info = outcomes.classify_skip(report, call)
         elif call.excinfo is not None:
             info = outcomes.classify_failure(exercise_id, Path(str(item.path)), call.excinfo)
         else:

@@ -124,7 +124,7 @@ def last_statuses(
 ) -> Previous:
     """Each exercise's status in the last run of the same implementation, kept only where
     its fingerprint (`current`, from lora_kata.runner.fingerprint) still matches."""
-    data = read(path)
+    data = read(path or default_path(impl))
     previous = Previous()
     if not data or data.get("impl") != impl:
         return previous

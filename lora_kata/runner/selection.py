@@ -15,9 +15,9 @@ from functools import cache
 from pathlib import Path
 
 
-def _parametrize_length(decorator: ast.expr) -> int | None:
-    """len(argvalues) of `@pytest.mark.parametrize(names, [...])`; 1 for other decorators;
-    None when the list is not a literal (then the count is unknown)."""
+def _parametrize_length(decorator: ast.expr, constants: dict[str, ast.expr]) -> int | None:
+    """len(argvalues) of `@pytest.mark.parametrize(names, [...])` (a literal, or a module-level
+    name bound to one); 1 for other decorators; None when unknown."""
     if not isinstance(decorator, ast.Call):
         return 1
     name = ast.unparse(decorator.func)
@@ -27,15 +27,19 @@ def _parametrize_length(decorator: ast.expr) -> int | None:
     for keyword in decorator.keywords:
         if keyword.arg == "argvalues":
             values = keyword.value
+    if isinstance(values, ast.Name):
+        values = constants.get(values.id)
     if isinstance(values, (ast.List, ast.Tuple, ast.Set)):
         return len(values.elts)
     return None
 
 
-def _count_function(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int | None:
+def _count_function(
+    node: ast.FunctionDef | ast.AsyncFunctionDef, constants: dict[str, ast.expr]
+) -> int | None:
     count = 1
     for decorator in node.decorator_list:
-        length = _parametrize_length(decorator)
+        length = _parametrize_length(decorator, constants)
         if length is None:
             return None
         count *= length
@@ -49,6 +53,13 @@ def static_test_count(path: Path) -> int | None:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError):
         return None
+    constants = {
+        target.id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
     total = 0
     nodes: list[ast.stmt] = list(tree.body)
     for node in tree.body:
@@ -58,7 +69,7 @@ def static_test_count(path: Path) -> int | None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith(
             "test"
         ):
-            count = _count_function(node)
+            count = _count_function(node, constants)
             if count is None:
                 return None
             total += count

@@ -141,3 +141,11 @@ def limit(test_name: str, seconds: float, deadline: list[float]):
     finally:
         _state["armed"] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def mark_for_pytest_timeout(item, default: float) -> None:
+    """Where SIGALRM is missing: pytest-timeout's thread method (it stops the whole run)."""
+    import pytest
+
+    if not item.get_closest_marker("timeout"):
+        item.add_marker(pytest.mark.timeout(seconds_for(default), method="thread"))
