@@ -181,6 +181,9 @@ def validate() -> list[str]:
                 for lang in LANGS:
                     if not texts.get(lang, "").strip():
                         problems.append(f"{where}: hint for {test_name} has no {lang} text")
+            for test_name in e.lead:
+                if test_name not in defined:
+                    problems.append(f"{where}: lead names unknown test {test_name}")
         if e.timeout <= 0:
             problems.append(f"{where}: timeout must be positive")
     test_files = sorted((REPO_ROOT / "exercises" / "tests").glob("test_*.py"))
