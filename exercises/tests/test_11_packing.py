@@ -252,7 +252,8 @@ def test_position_ids_restart_at_zero_for_each_quote(lengths, max_length):
     got = batch["position_ids"]
     want = tuple(batch["input_ids"].shape) if own is not None else tuple(positions.shape)
     assert tuple(got.shape) == want, msg("11.position_ids_shape", got=tuple(got.shape), want=want)
-    for r, start, end in own if own is not None else spans:  # padding positions are free (any value the model has)
+    # Padding positions are free (any value the model has).
+    for r, start, end in own if own is not None else spans:
         run = got[r, start:end].tolist()
         assert run == list(range(end - start)), msg(
             "11.positions_restart", start=start, last=end - 1, row=r, run=run

@@ -29,7 +29,7 @@ from lora_kata.catalog import by_id, load_catalog
 from lora_kata.messages import t
 from lora_kata.messages.language import language
 from lora_kata.runner import fingerprint, progress
-from lora_kata.runner.progress import DONE, NOT_RUN
+from lora_kata.runner.progress import DONE, NOT_RUN, PARTIAL
 from lora_kata.runner.report import refresh, report_lines
 
 ANSI = {"red": "31", "green": "32", "yellow": "33", "cyan": "36", "bold": "1"}
@@ -154,9 +154,9 @@ def _working_on(data: dict | None) -> str | None:
 
 
 def _stale(impl: str) -> list[str]:
-    """Exercises with no result that still holds for the current code."""
+    """Exercises with no verdict that still holds for the current code (a run in part is none)."""
     previous = progress.last_statuses(impl, None, fingerprint.fingerprints(impl))
-    return [e.id for e in load_catalog() if e.id not in previous.statuses]
+    return [e.id for e in load_catalog() if previous.statuses.get(e.id) in (None, PARTIAL)]
 
 
 def _owners(modules: set[str]) -> list[str]:
