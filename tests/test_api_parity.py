@@ -81,6 +81,15 @@ API = {
         "prompt_tuning_parameter_count": ["num_virtual_tokens", "hidden_size"],
         "prefix_tuning_parameter_count": ["num_virtual_tokens", "num_layers", "hidden_size"],
     },
+    "dora": {
+        "DoRALinear": None,
+        "inject_dora": ["model", "config"],
+    },
+    "multi": {
+        "MultiLoRALinear": None,
+        "load_adapters": ["model", "directories"],
+        "routed": ["model", "adapter_names"],
+    },
 }
 LORA_LINEAR_METHODS = {
     "__init__": ["self", "base", "r", "alpha", "dropout"],
@@ -151,3 +160,28 @@ def test_lora_linear_and_lora_config_have_the_designed_shape(package):
         assert name in fields, f"{package}.inject.LoRAConfig lacks the field {name}"
         got = tuple(fields[name]) if name == "target_modules" else fields[name]
         assert got == default, f"{package}.inject.LoRAConfig.{name} defaults to {got!r}"
+
+
+# DESIGN.md's methods of exercise 14's and 15's classes.
+CLASS_METHODS = {
+    ("dora", "DoRALinear"): {
+        "__init__": ["self", "base", "r", "alpha", "dropout"],
+        "forward": ["self", "x"],
+        "merge": ["self"],
+        "unmerge": ["self"],
+    },
+    ("multi", "MultiLoRALinear"): {
+        "__init__": ["self", "base"],
+        "add_adapter": ["self", "name", "lora_A", "lora_B", "scaling"],
+        "forward": ["self", "x"],
+    },
+}
+
+
+@pytest.mark.parametrize("package", ["exercises", "solutions"])
+@pytest.mark.parametrize(("module", "cls"), sorted(CLASS_METHODS))
+def test_dora_and_multi_lora_classes_have_the_designed_methods(package, module, cls):
+    loaded = getattr(importlib.import_module(f"{package}.{module}"), cls)
+    for method, params in CLASS_METHODS[(module, cls)].items():
+        got = list(inspect.signature(getattr(loaded, method)).parameters)
+        assert got == params, f"{package}.{module}.{cls}.{method}{got} != DESIGN.md's {params}"

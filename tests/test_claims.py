@@ -36,6 +36,8 @@ L07 = "lessons/en/07-int8-preparation.md"
 L08 = "lessons/en/08-training-step.md"
 L09 = "lessons/en/09-adapter-files.md"
 L10 = "lessons/en/10-capstone.md"
+L14 = "lessons/en/14-dora.md"
+L15 = "lessons/en/15-multi-lora.md"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1131,6 +1133,216 @@ def test_push_to_hub_takes_token_not_use_auth_token():
     assert "token" in parameters and "use_auth_token" not in parameters, (
         f"expected push_to_hub(token=...) without use_auth_token, found {list(parameters)}"
     )
+
+
+# --------------------------------------------------------------------------- 14, 15
+
+
+def _dora_peft(model, target_modules, r=4, lora_alpha=8):
+    return _peft(model, target_modules, r=r, lora_alpha=lora_alpha, use_dora=True)
+
+
+def _random_adapters(model, seed=0):
+    """Seeded random values in every trainable tensor of a peft model (B ≠ 0, m ≠ its start)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if param.requires_grad:
+                noise = torch.rand(param.shape, generator=generator)
+                param.copy_(param * (1 + 0.5 * noise) if "magnitude" in name else noise - 0.5)
+
+
+@claim(L14, "The formula", (L14, "What you implement"), (L14, "Pitfalls"))
+def test_peft_dora_starts_m_at_the_row_norms_of_w0_and_saves_it_as_lora_magnitude_vector():
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    from lora_kata.models.tiny import build_tiny_opt
+
+    model = _dora_peft(build_tiny_opt(0), ["fc1"])  # fc1: (48, 32), rows ≠ columns
+    fc1 = model.base_model.model.model.decoder.layers[0].fc1
+    magnitude = fc1.lora_magnitude_vector["default"].weight
+    w0 = fc1.base_layer.weight.detach()
+    assert magnitude.shape == (48,) and magnitude.detach().allclose(w0.norm(dim=1)), (
+        f"expected m to start as the 48 row norms of W0, found shape {tuple(magnitude.shape)}"
+    )
+    with tempfile.TemporaryDirectory() as directory:
+        model.save_pretrained(directory)
+        keys = sorted(load_file(f"{directory}/adapter_model.safetensors"))
+        config = json.loads(Path(directory, "adapter_config.json").read_text())
+    ours = [k for k in keys if "magnitude" in k]
+    assert ours and all(k.endswith(".fc1.lora_magnitude_vector") for k in ours), (
+        f"expected keys ending '.lora_magnitude_vector' (no .weight), found {ours}"
+    )
+    assert config["use_dora"] is True, f"expected use_dora true, found {config['use_dora']}"
+
+
+@claim(L14, "The formula")
+def test_peft_dora_treats_the_row_norm_as_a_constant():
+    import torch
+
+    from lora_kata.models.tiny import build_tiny_opt
+
+    model = _dora_peft(build_tiny_opt(0), ["fc1"])
+    _random_adapters(model)
+    fc1 = model.base_model.model.model.decoder.layers[0].fc1
+    x = torch.randn(5, 32, generator=torch.Generator().manual_seed(1))
+    fc1(x).sum().backward()
+    w0, bias = fc1.base_layer.weight.detach(), fc1.base_layer.bias.detach()
+    grads = {}
+    for detach in (True, False):
+        A = fc1.lora_A["default"].weight.detach().clone().requires_grad_(True)
+        B = fc1.lora_B["default"].weight.detach().clone().requires_grad_(True)
+        m = fc1.lora_magnitude_vector["default"].weight.detach()
+        v = w0 + fc1.scaling["default"] * (B @ A)
+        n = v.norm(dim=1).detach() if detach else v.norm(dim=1)
+        ((m / n) * (x @ v.T) + bias).sum().backward()
+        grads[detach] = B.grad
+    peft_grad = fc1.lora_B["default"].weight.grad
+    assert peft_grad.allclose(grads[True], atol=1e-5), "expected the gradient with n detached"
+    assert not peft_grad.allclose(grads[False], atol=1e-5), (
+        "expected it to differ from the gradient through n"
+    )
+
+
+@claim(L14, "The cost")
+def test_peft_recommends_merging_dora_and_a_merged_dora_model_is_the_plain_model():
+    import dataclasses
+
+    import torch
+    from peft import LoraConfig
+
+    from lora_kata.models.tiny import build_tiny_opt
+
+    help_text = {f.name: f for f in dataclasses.fields(LoraConfig)}["use_dora"].metadata["help"]
+    assert "overhead" in help_text and "merge weights for inference" in help_text, help_text
+    model = _dora_peft(build_tiny_opt(0), ["q_proj", "v_proj"])
+    _random_adapters(model)
+    ids = torch.randint(4, 512, (2, 7), generator=torch.Generator().manual_seed(2))
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        merged = model.merge_and_unload()
+        after = merged(input_ids=ids).logits
+    q_proj = merged.model.decoder.layers[0].self_attn.q_proj
+    assert type(q_proj) is torch.nn.Linear, f"expected a plain Linear, found {type(q_proj)}"
+    assert after.allclose(before, atol=1e-5), (
+        f"expected the same logits merged, off by {(after - before).abs().max():.3g}"
+    )
+
+
+@claim(L14, "When to use it")
+def test_peft_dora_runs_on_an_8bit_base_with_m_from_the_dequantized_weight():
+    import torch
+
+    model = _dora_peft(_eight_bit_model(), ["q_proj"])
+    q_proj = model.base_model.model.model.decoder.layers[0].self_attn.q_proj
+    weight = q_proj.base_layer.weight
+    scales = weight.SCB if getattr(weight, "SCB", None) is not None else q_proj.base_layer.state.SCB
+    dequantized = weight.data.float() * scales.float()[:, None] / 127
+    magnitude = q_proj.lora_magnitude_vector["default"].weight.detach()
+    assert magnitude.allclose(dequantized.norm(dim=1), rtol=1e-3), (
+        "expected m to start as the row norms of the dequantized int8 weight"
+    )
+    ids = torch.randint(4, 512, (1, 5), generator=torch.Generator().manual_seed(3))
+    assert torch.isfinite(model(input_ids=ids).logits).all(), "expected finite logits"
+
+
+def _mixed_peft_model(directory_for, **options):
+    """A PeftModel with adapters "a" and "b" (q_proj and v_proj, ranks 2 and 4)."""
+
+    from peft import PeftModel
+
+    from lora_kata.models.tiny import build_tiny_opt
+
+    for name, r in (("a", 2), ("b", 4)):
+        model = _peft(build_tiny_opt(0), ["q_proj", "v_proj"], r=r, lora_alpha=2 * r, **options)
+        _random_adapters(model, seed=r)
+        model.save_pretrained(directory_for(name))
+    with _quiet():
+        mixed = PeftModel.from_pretrained(build_tiny_opt(0), directory_for("a"), adapter_name="a")
+        mixed.load_adapter(directory_for("b"), adapter_name="b")
+    return mixed.eval()
+
+
+@claim(L15, "peft's mixed batches", (L15, "What you implement"))
+def test_peft_mixed_batches_take_adapter_names_with___base___and_group_rows_by_adapter(tmp_path):
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from lora_kata.models.tiny import build_tiny_opt
+
+    model = _mixed_peft_model(lambda name: tmp_path / name)
+    ids = torch.randint(4, 512, (3, 6), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        mixed = model(input_ids=ids, adapter_names=["a", "__base__", "b"]).logits
+        base = build_tiny_opt(0).eval()(input_ids=ids).logits
+        with model.disable_adapter():
+            disabled = model(input_ids=ids).logits
+    assert mixed[1].allclose(base[1], atol=1e-6) and disabled.allclose(base, atol=1e-6), (
+        "expected the '__base__' row to be the base model's"
+    )
+    assert not mixed[0].allclose(base[0], atol=1e-3), "expected adapter a to change row 0"
+    calls = {}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in ("mm", "addmm", "bmm", "matmul"):
+                self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    q_proj = model.base_model.model.model.decoder.layers[0].self_attn.q_proj
+    for rows in (4, 40):
+        names = [("a", "b")[i % 2] for i in range(rows)]
+        x = torch.randn(rows, 3, 32)
+        with torch.no_grad(), Count() as counter:
+            counter.calls = 0
+            q_proj(x, adapter_names=names)
+        calls[rows] = counter.calls
+    assert calls[4] == calls[40], f"expected one pass per adapter, not per row: {calls}"
+
+
+@claim(L15, "Why not merge")
+def test_peft_refuses_a_mixed_batch_while_an_adapter_is_merged(tmp_path):
+    import torch
+
+    model = _mixed_peft_model(lambda name: tmp_path / name)
+    model.base_model.model.model.decoder.layers[0].self_attn.q_proj.merge(adapter_names=["a"])
+    ids = torch.randint(4, 512, (2, 5), generator=torch.Generator().manual_seed(5))
+    with pytest.raises(ValueError, match="merged adapters"):
+        model(input_ids=ids, adapter_names=["a", "b"])
+
+
+@claim(L15, "Pitfalls", (L14, "The cost"))
+def test_peft_refuses_a_mixed_batch_with_dora_adapters(tmp_path):
+    import torch
+
+    model = _mixed_peft_model(lambda name: tmp_path / name, use_dora=True)
+    ids = torch.randint(4, 512, (2, 5), generator=torch.Generator().manual_seed(6))
+    with pytest.raises(ValueError, match="DoRA"):
+        model(input_ids=ids, adapter_names=["a", "b"])
+
+
+@claim(L15, "Pitfalls")
+def test_opt_fc1_sees_one_row_per_token_so_peft_refuses_a_mixed_batch_there():
+    import torch
+
+    from lora_kata.models.tiny import build_tiny_opt
+
+    model = _peft(build_tiny_opt(0), ["fc1"])
+    seen = []
+    fc1 = model.base_model.model.model.decoder.layers[0].fc1
+    handle = fc1.base_layer.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    ids = torch.randint(4, 512, (2, 5), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        model(input_ids=ids)
+    handle.remove()
+    assert seen[0] == (10, 32), f"expected fc1 to get (batch × length, hidden), found {seen[0]}"
+    with pytest.raises(ValueError, match="adapter_names"):
+        model(input_ids=ids, adapter_names=["default", "__base__"])
 
 
 # --------------------------------------------------------------------------- the registry

@@ -726,6 +726,9 @@ RECORDS: list[tuple[str, str, str, str]] = [
     ],
     (EN + L13, "The base is a tiny OPT ({} parameters)", "tiny total", ","),
     (ZH + L13, "小型 OPT（{} 个参数）", "tiny total", ","),
+    # 15
+    (EN + "15-multi-lora.md", "it is {} numbers in A and B", "lora", ","),
+    (ZH + "15-multi-lora.md", "A 和 B 一共 {} 个数", "lora", ","),
     # docs/gpu.md
     (GPU, "shows {} trainable parameters", "lora", ","),
     (GPU, "trainable parameters out of\n{} ", "opt total + lora", ","),

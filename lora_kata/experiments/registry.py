@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_kata.experiments import memory, merging, padding, rank, spectrum, training
+from lora_kata.experiments import dora, memory, merging, padding, rank, spectrum, training
 
 TEXTS = tomllib.loads((Path(__file__).with_name("texts.toml")).read_text(encoding="utf-8"))
 
@@ -35,6 +35,7 @@ RUNS: dict[str, Callable] = {
     "06": padding.padding_waste,
     "08": training.warmup_and_accumulation,
     "10": spectrum.trained_delta,
+    "14": dora.lora_against_dora,
 }
 
 EXPERIMENTS: dict[str, Experiment] = {
