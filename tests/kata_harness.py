@@ -207,6 +207,8 @@ def copy_kata(destination: Path) -> Path:
             REPO / name, destination / name, ignore=shutil.ignore_patterns("__pycache__")
         )
     shutil.copy(REPO / "pyproject.toml", destination)
+    if (REPO / "course.toml").is_file():  # the same course (catalog/course.py)
+        shutil.copy(REPO / "course.toml", destination)
     return destination
 
 
@@ -257,11 +259,16 @@ class Mutant:
 
 
 def load_mutants() -> list[Mutant]:
+    """The catalogued mistakes of the course's exercises (course.toml may leave some out)."""
+    from lora_kata.catalog import load_catalog
+
+    course = {e.id for e in load_catalog()}
     mutants = []
     for path in sorted(MUTANTS_DIR.glob("*.toml")):
         for entry in tomllib.loads(path.read_text(encoding="utf-8")).get("mutant", []):
             entry["fails"] = tuple(entry.get("fails", ()))
-            mutants.append(Mutant(**entry))
+            if entry["exercise"] in course:
+                mutants.append(Mutant(**entry))
     return mutants
 
 

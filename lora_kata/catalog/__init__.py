@@ -9,7 +9,9 @@ Each file declares the exercise's order (`id`), title, the functions the learner
 the per-test timeout, three tiers of hints (a nudge, the concept, the steps and API names) and
 optional hints for specific tests (`[tests.<test name>]`), all in English and 简体中文.
 The lesson and the test file are found by convention from `id` and `slug`.
-`validate()` is what the quality suite runs over it.
+`validate()` is what the quality suite runs over it. A course file (course.py) chooses
+which exercises a class does, in which order, and overrides hints: `load_catalog()` is the
+course, `all_exercises()` every catalogued exercise.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from __future__ import annotations
 import ast
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
 from lora_kata import REPO_ROOT
+from lora_kata.catalog.course import CatalogueError, Course, line_of, read_course, toml_error
 
 CATALOG_DIR = Path(__file__).resolve().parent  # the NN_*.toml files beside this module
 LANGS = ("en", "zh")
@@ -71,15 +74,12 @@ class Exercise:
         return entry.get(lang) or entry["en"]
 
 
-class CatalogueError(ValueError):
-    """A catalogue file that cannot be read: the message names the file (and line)."""
-
-
 def _parse(path: Path) -> Exercise:
+    text = path.read_text(encoding="utf-8")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise CatalogueError(f"{path}: not valid TOML: {error}") from None
+        raise toml_error(path, error, text) from None
     try:
         return _exercise(data)
     except (KeyError, TypeError, ValueError) as error:
@@ -101,9 +101,53 @@ def _exercise(data: dict) -> Exercise:
 
 
 @cache
-def load_catalog() -> tuple[Exercise, ...]:
-    """All exercises, in order."""
+def all_exercises() -> tuple[Exercise, ...]:
+    """Every catalogued exercise (NN_*.toml), in id order, whatever the course."""
     return tuple(sorted((_parse(p) for p in CATALOG_DIR.glob("*.toml")), key=lambda e: e.id))
+
+
+@cache
+def load_catalog() -> tuple[Exercise, ...]:
+    """The course's exercises, in the course's order, with its hints (course.py); every
+    catalogued exercise in id order when there is no course file."""
+    return _apply(read_course(), all_exercises())
+
+
+def _apply(course: Course, exercises: tuple[Exercise, ...]) -> tuple[Exercise, ...]:
+    known = {e.id: e for e in exercises}
+    text = course.path.read_text(encoding="utf-8") if course.path else ""
+
+    def fail(why: str, *needles: str) -> CatalogueError:
+        return CatalogueError(f"{course.path}:{line_of(text, *needles)}: {why}")
+
+    chosen: list[Exercise] = []
+    for exercise_id in course.exercises or [e.id for e in exercises]:
+        if exercise_id not in known:
+            raise fail(
+                f"exercise {exercise_id} is not catalogued ({', '.join(known)})", "exercises"
+            )
+        missing = [r for r in known[exercise_id].requires if r not in {e.id for e in chosen}]
+        if missing:
+            raise fail(
+                f"exercise {exercise_id} requires {', '.join(missing)}, which the course must "
+                "list before it",
+                "exercises",
+            )
+        chosen.append(known[exercise_id])
+    for exercise_id in {*course.hints, *course.test_hints}:
+        if exercise_id not in {e.id for e in chosen}:
+            raise fail(f"hints for exercise {exercise_id}, which the course leaves out", "hints")
+    for index, exercise in enumerate(chosen):
+        hints = [dict(tier) for tier in exercise.hints]
+        for tier, texts in course.hints.get(exercise.id, {}).items():
+            hints[tier - 1] = texts
+        test_hints = {**exercise.test_hints}
+        for test, texts in course.test_hints.get(exercise.id, {}).items():
+            if not exercise.test_file.is_file() or test not in _test_names(exercise.test_file):
+                raise fail(f"hints for {test}, which is no test of exercise {exercise.id}", test)
+            test_hints[test] = texts
+        chosen[index] = replace(exercise, hints=tuple(hints), test_hints=test_hints)
+    return tuple(chosen)
 
 
 def by_id(exercise_id: str) -> Exercise:
@@ -111,7 +155,7 @@ def by_id(exercise_id: str) -> Exercise:
         if exercise.id == exercise_id.zfill(2):
             return exercise
     known = ", ".join(e.id for e in load_catalog())
-    raise KeyError(f"no exercise {exercise_id!r}; the exercises are {known}")
+    raise KeyError(f"no exercise {exercise_id!r} in this course; the exercises are {known}")
 
 
 def exercise_of_test_file(path: str | Path) -> str | None:
@@ -140,7 +184,11 @@ def _test_names(path: Path) -> set[str]:
 def validate() -> list[str]:
     """Every problem with the catalogue, as sentences; empty when it is sound."""
     problems: list[str] = []
-    exercises = load_catalog()
+    exercises = all_exercises()
+    try:
+        load_catalog()  # the course file (course.py): errors name the file and line
+    except CatalogueError as error:
+        problems.append(str(error))
     ids = [e.id for e in exercises]
     expected = [f"{i:02d}" for i in range(1, len(ids) + 1)]
     if ids != expected:

@@ -47,6 +47,17 @@ def current() -> str:
     return os.environ.get(ENV_VAR, "").strip() or "exercises"
 
 
+def unavailable(impl: str | None = None) -> str | None:
+    """Why `impl` cannot be tested here (None: it can): a student repository exported by
+    `lora-kata export-student` has no solutions/, and `--solutions` says so in one sentence."""
+    impl = impl or current()
+    if impl == "solutions" and not (REPO_ROOT / "solutions" / "__init__.py").is_file():
+        from lora_kata.messages import current_language, t
+
+        return t("no solutions", current_language())
+    return None
+
+
 def describe(impl: str | None = None) -> str:
     impl = impl or current()
     return impl if impl in NAMED else f"path {impl}"

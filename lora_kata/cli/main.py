@@ -7,6 +7,10 @@ lora-kata watch                       rerun what a save affects, within a second
 lora-kata reset NN                    put exercise NN's stubs back (your other work stays)
 lora-kata list                        the exercises, their files and functions
 lora-kata try [NN] [--solutions]      a lesson's experiment on your code (a table and a picture)
+
+Instructors (docs/instructors.md):
+lora-kata export-student DEST         the students' repository: no solutions, one commit
+lora-kata grade REPO… [--csv|--json]  score student repositories with this kata's own tests
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from pathlib import Path
 
 from lora_kata import REPO_ROOT
-from lora_kata.catalog import by_id, load_catalog
+from lora_kata.catalog import CatalogueError, by_id, impl, load_catalog
 from lora_kata.cli.reset import cmd_reset
 from lora_kata.messages import label, t, title_of_test
 from lora_kata.messages.language import colon, language
@@ -112,6 +116,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(data, ensure_ascii=False, indent=2))
         return 0
     lang = language(args.lang)
+    course = {e.id for e in load_catalog()}  # a run from before the course file changed
+    data["exercises"] = [e for e in data.get("exercises", []) if e.get("id") in course]
     where = _provenance(data, lang)
     print(t("title", lang) + (f" ({where})" if where else ""))
     for line, _ in report_lines(refresh(data, lang), lang):
@@ -215,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("exercise")
     reset.add_argument("--from", dest="ref", help="git ref holding the original stubs")
     reset.set_defaults(func=cmd_reset)  # cli/reset.py
+
+    from lora_kata.cli import export, grade
+
+    export.add_parser(sub)
+    grade.add_parser(sub)
     return parser
 
 
@@ -249,9 +260,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "pytest_args", None) and args.pytest_args[:1] == ["--"]:
         args.pytest_args = args.pytest_args[1:]
+    if (
+        args.command == "try"
+        and getattr(args, "solutions", False)
+        and impl.unavailable("solutions")
+    ):
+        print(impl.unavailable("solutions"), file=sys.stderr)  # a student repository
+        return 2
     try:
         return args.func(args)
-    except KeyError as error:
+    except (KeyError, CatalogueError) as error:  # no such exercise; a course or catalogue typo
         print(error.args[0], file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -20,10 +20,22 @@ def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
 
 
+START_TAG = "lora-kata-start"  # the starter commit of a student repository (cli/export.py)
+
+
 def _pristine_ref(explicit: str | None) -> str:
-    """Where the untouched stubs are: --from, else the upstream branch, else HEAD."""
+    """Where the untouched stubs are: --from; in a student repository (`lora-kata
+    export-student`, no solutions/) the starter commit: its tag, else the first commit (a
+    GitHub Classroom copy keeps no tags), never the learner's own pushed work; in the
+    instructor's checkout the upstream branch, else HEAD."""
     if explicit:
         return explicit
+    if _git("rev-parse", "--verify", "--quiet", f"refs/tags/{START_TAG}").returncode == 0:
+        return START_TAG
+    if not (REPO_ROOT / "solutions").is_dir():
+        roots = _git("rev-list", "--max-parents=0", "HEAD").stdout.split()
+        if roots:
+            return roots[-1]
     for ref in ("@{upstream}", "origin/HEAD"):
         if _git("rev-parse", "--verify", "--quiet", ref).returncode == 0:
             return ref

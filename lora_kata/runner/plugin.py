@@ -2,10 +2,9 @@
 
 It registers the kata's options, picks the implementation, puts a timeout on every exercise
 test, skips the tests of an exercise whose prerequisites are not done, records why each test
-failed, writes the progress file and prints the progress report.
-
-Speed matters (a learner reruns it after every edit): `-k test_NN` does not even import the
-other exercises' test files, and heavy libraries are configured only once a test imports them.
+failed, writes the progress file and prints the progress report. Speed matters (a learner
+reruns it after every edit): `-k test_NN` does not even import the other exercises' test
+files, and heavy libraries are configured only once a test imports them.
 """
 
 from __future__ import annotations
@@ -96,11 +95,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if config.getoption("--solutions"):
         os.environ[impl.ENV_VAR] = "solutions"
+    if impl.unavailable():  # a student repository has no solutions/: one sentence, no 78 failures
+        raise pytest.UsageError(impl.unavailable())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # bitsandbytes wraps a few CPU kernels in torch.compile at import, which imports the
-    # whole inductor compiler (seconds) for functions the 8-bit path never calls; with
-    # dynamo off they run eagerly, as bitsandbytes itself falls back to on any failure.
+    # bitsandbytes wraps a few CPU kernels in torch.compile at import (the whole inductor, for
+    # seconds) that the 8-bit path never calls: eager, as bitsandbytes falls back to anyway.
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     lighter_pytest(config)
     profile_name()  # an unknown HYPOTHESIS_PROFILE is an error now, not mid-run
@@ -108,15 +108,13 @@ def pytest_configure(config: pytest.Config) -> None:
     when_imported("datasets", no_map_cache)
     silence_bitsandbytes_cpu_notices()
     learner = impl.current() == "exercises"
-    if config.option.tbstyle == "auto":
-        # The report is the interface; `--tb=short` brings the tracebacks back.
+    if config.option.tbstyle == "auto":  # the report is the interface; --tb=short for tracebacks
         config.option.tbstyle = "no" if learner else "line"
     if learner and config.option.reportchars == "fE":
         config.option.reportchars = ""
     state = KataState(config)
     config.stash[STATE_KEY] = state
-    # The tests' assertion messages (lora_kata/messages) follow the report's language.
-    use_language(state.lang)
+    use_language(state.lang)  # the tests' assertion messages follow the report's language
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -133,13 +131,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """`-k test_02` never imports the other exercises' test files (nor their libraries)."""
-    if collection_path.suffix != ".py" or exercise_of_test_file(collection_path) is None:
+    """`-k test_02` never imports the other exercises' test files (nor their libraries), and no
+    run imports those of an exercise the course file (catalog/course.py) leaves out."""
+    exercise_id = exercise_of_test_file(collection_path)
+    if collection_path.suffix != ".py" or exercise_id is None:
         return None
-    keyword = config.getoption("keyword")
-    if keyword and keyword_excludes_file(keyword, collection_path):
+    if exercise_id not in {e.id for e in load_catalog()}:
         return True
-    return None
+    keyword = config.getoption("keyword")
+    return True if keyword and keyword_excludes_file(keyword, collection_path) else None
 
 
 def _exercise_of(item: pytest.Item) -> str | None:
