@@ -176,16 +176,15 @@ def test_outputs_are_written_atomically_with_the_umask_mode(tmp_path):
 def test_offline_without_a_model_the_demo_base_is_fine_tuned_and_shows_before_and_after(
     tmp_path,
 ):
-    """No --model and no cached opt-125m: the demo base (pretrained here; 20 steps instead of
-    700 for the test, which is a separate cache entry), held-out loss and generation before and
-    after training."""
+    """No --model and no cached opt-125m: the demo base (shipped in data/demo-base/), the
+    held-out loss and what the model expects of held-out quotes, and the greedy and sampled
+    continuations before and after training, each saying whether it stopped at EOS."""
     out = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "solutions.finetune", "--max-steps", "4", "--out", str(out),
          "--no-progress", "--max-new-tokens", "6"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
-        env=clean_env(OMP_NUM_THREADS="1", HF_HUB_CACHE=str(tmp_path / "empty-cache"),
-                      LORA_KATA_DEMO_STEPS="20"),
+        env=clean_env(OMP_NUM_THREADS="1", HF_HUB_CACHE=str(tmp_path / "empty-cache")),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     said = done.stdout
@@ -199,3 +198,21 @@ def test_offline_without_a_model_the_demo_base_is_fine_tuned_and_shows_before_an
     assert metrics["held_out"]["loss_before"] == pytest.approx(float(held_out.group(2)), abs=1e-4)
     assert metrics["generation_before"].startswith("Two things are infinite: "), metrics
     assert "before fine-tuning, the base model continues the prompt as:" in said, said
+    table = said.split("what the model expects of those ", 1)[-1].splitlines()[1:5]
+    assert [line.split("  ")[1].strip() for line in table] == [
+        "probability of a quote's first token, after BOS",
+        "probability of EOS after a quote's last token",
+        "probability per token (geometric mean: exp(-loss))",
+        "tokens that are the model's top guess",
+    ], said
+    before, after = metrics["held_out"]["before"], metrics["held_out"]["after"]
+    assert f"{before['first']:6.1%} → {after['first']:6.1%}" in table[0], (table, metrics)
+    assert said.count("sampled (temperature 0.8, top-p 0.9, seed ") == 4, said
+    endings = re.findall(
+        r"(stopped at EOS after \d+ tokens|no EOS: ran to the 6-token limit)", said
+    )
+    assert len(endings) == 6, f"greedy and two samples, before and after, say how they end:\n{said}"
+    samples = metrics["continuations"]["samples"]
+    assert [s["seed"] for s in samples] == [0, 1] and all(
+        s["text"].startswith("Two things are infinite: ") for s in samples
+    ), samples

@@ -529,7 +529,7 @@ def test_the_saved_adapter_reloads_to_identical_logits_with_ours_and_with_peft(
 
 def test_the_command_line_runs_the_whole_job(tmp_path, monkeypatch, capsys):
     # Whatever this machine has cached, take the built-in small OPT (random weights, --small):
-    # the demo base would be pretrained first (about a minute, once).
+    # a pipeline check in seconds.
     monkeypatch.setattr("lora_kata.capstone.models.cached_snapshot", lambda *args, **kwargs: None)
     out = tmp_path / "out"
     argv = ["--max-steps", "2", "--out", str(out), "--no-progress", "--max-new-tokens", "8",

@@ -1,9 +1,11 @@
-"""Before and after: the loss on quotes the fine-tune never sees, and the generation.
+"""Before and after: what the model expects of quotes the fine-tune never sees.
 
 A learner without a GPU must still see the adapter change the model, so the capstone holds a
-few quotes out (seeded), measures the model's mean token loss on them before and after
-training, and generates before and after. The held-out quotes are tokenized and batched with
-the implementation's own tokenize_quotes and collate_for_causal_lm, like the training data.
+few quotes out (seeded) and measures, before and after training, the model's mean token loss
+on them and what a reader can check: how likely it finds a quote's opening, its stopping
+there, and how often its first guess is the next token (held_out_stats). The held-out quotes
+are tokenized and batched with the implementation's own tokenize_quotes and
+collate_for_causal_lm, like the training data.
 """
 
 from __future__ import annotations
@@ -23,8 +25,23 @@ def split_held_out(dataset, seed: int = 0, fraction: float = HELD_OUT_FRACTION):
 
 
 def held_out_loss(modules, model, tokenizer, dataset, *, batch_size: int = 8) -> float | None:
-    """The mean loss per predicted token over `dataset` (None when it is empty), in eval mode
-    and without gradients; the model's mode and cache setting are put back afterwards."""
+    """The mean loss per predicted token over `dataset` (None when it is empty)."""
+    stats = held_out_stats(modules, model, tokenizer, dataset, batch_size=batch_size)
+    return stats["loss"] if stats else None
+
+
+def held_out_stats(modules, model, tokenizer, dataset, *, batch_size: int = 8) -> dict | None:
+    """What the model expects of `dataset`'s quotes, in eval mode and without gradients (the
+    model's mode is put back afterwards); None when it is empty. Keys:
+
+    loss: the mean loss per predicted token; per_token: exp(-loss), the geometric mean of the
+    probabilities it gives the quotes' tokens; top1: the share of tokens it ranks first;
+    first: the mean probability of a quote's first token right after BOS (None when the
+    tokenizer puts no BOS in front); eos: the mean probability of EOS right after a quote's
+    last token (None when no row ends in EOS), i.e. of stopping where the quote stops.
+    """
+    import math
+
     import torch
 
     if len(dataset) == 0:
@@ -41,9 +58,9 @@ def held_out_loss(modules, model, tokenizer, dataset, *, batch_size: int = 8) ->
         if device.type == "cuda"
         else contextlib.nullcontext()
     )
+    sums = dict.fromkeys(("loss", "tokens", "top1", "first", "rows", "eos", "ends"), 0.0)
     was_training = model.training
     model.eval()
-    total = tokens = 0.0
     try:
         with torch.no_grad(), autocast:
             for start in range(0, len(features), batch_size):
@@ -51,11 +68,38 @@ def held_out_loss(modules, model, tokenizer, dataset, *, batch_size: int = 8) ->
                     features[start : start + batch_size], tokenizer.pad_token_id
                 )
                 batch = {key: value.to(device) for key, value in batch.items()}
-                # The model's loss is a mean over the labels it predicts (all but each row's
-                # first): weigh each batch by that count for a mean over every token.
-                predicted = int((batch["labels"][:, 1:] != -100).sum())
-                total += float(model(**batch).loss) * predicted
-                tokens += predicted
+                output = model(**batch)
+                _add_batch(sums, batch, output, tokenizer)
     finally:
         model.train(was_training)
-    return total / tokens if tokens else None
+    if not sums["tokens"]:
+        return None
+    loss = sums["loss"] / sums["tokens"]
+    return {
+        "loss": loss,
+        "per_token": math.exp(-loss),
+        "top1": sums["top1"] / sums["tokens"],
+        "first": sums["first"] / sums["rows"] if sums["rows"] else None,
+        "eos": sums["eos"] / sums["ends"] if sums["ends"] else None,
+    }
+
+
+def _add_batch(sums: dict, batch: dict, output, tokenizer) -> None:
+    """Add one batch's token-weighted loss, top-1 hits, first-token and EOS probabilities."""
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+    # The model's loss is a mean over the labels it predicts (all but each row's first):
+    # weigh each batch by that count for a mean over every token.
+    predicted = int(mask.sum())
+    sums["loss"] += float(output.loss) * predicted
+    sums["tokens"] += predicted
+    logits = output.logits[:, :-1].float()
+    sums["top1"] += int(((logits.argmax(-1) == targets) & mask).sum())
+    probs = logits.softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    bos = tokenizer.bos_token_id
+    if bos is not None and bool((batch["input_ids"][:, 0] == bos).all()):
+        sums["first"] += float(probs[:, 0][mask[:, 0]].sum())
+        sums["rows"] += int(mask[:, 0].sum())
+    ends = mask & (targets == tokenizer.eos_token_id)
+    sums["eos"] += float(probs[ends].sum())
+    sums["ends"] += int(ends.sum())

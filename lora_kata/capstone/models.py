@@ -2,11 +2,11 @@
 
 Model choice: `--model` (a hub id or a local directory) if given; otherwise facebook/opt-125m
 when it is already in the local Hugging Face cache; otherwise the demo base: a small OPT
-pretrained on this machine (about a minute, once) on Python's documentation with the quotes
-tokenizer and cached under .lora_kata/ (models/demo_base.py), so that the fine-tune visibly
-changes it. `--small` instead takes a small OPT with random weights, saved to <out>/base-model:
-a pipeline check in seconds. Either is loaded through from_pretrained like any other model.
-Nothing is downloaded unless `--model` names a hub model that is not cached.
+pretrained on Python's documentation with the quotes tokenizer, shipped in data/demo-base/ and
+copied in fp32 under .lora_kata/ on first use (models/demo_base.py), so that the fine-tune
+visibly changes it. `--small` instead takes a small OPT with random weights, saved to
+<out>/base-model: a pipeline check in seconds. Either is loaded through from_pretrained like
+any other model. Nothing is downloaded unless `--model` names a hub model that is not cached.
 """
 
 from __future__ import annotations

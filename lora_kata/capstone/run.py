@@ -19,10 +19,18 @@ from pathlib import Path
 from lora_kata.capstone import distributed as dp
 from lora_kata.capstone.arguments import device_map_from, parse_args, settings_for
 from lora_kata.capstone.console import Say, gib, quiet_libraries
-from lora_kata.capstone.evaluate import held_out_loss, split_held_out
+from lora_kata.capstone.evaluate import held_out_stats, split_held_out
 from lora_kata.capstone.models import RANDOM, choose_model, input_device, load_prepared
 from lora_kata.capstone.outputs import plot_losses, write_metrics
 from lora_kata.capstone.pieces import PieceMissing, finetune_options, implementation_modules
+from lora_kata.capstone.probe import (
+    as_metrics,
+    continuations,
+    describe,
+    ending,
+    expectations_table,
+    samples_text,
+)
 from lora_kata.capstone.settings import LORA_SETTINGS, SMALL_OPT
 
 
@@ -129,9 +137,14 @@ def _job(modules, name, args, world, choice, settings, device_map, options, back
         )
 
     dataset, held_out = split_held_out(modules.data.load_quotes(args.data), seed=args.seed)
-    before_loss = held_out_loss(modules, model, tokenizer, held_out)
-    before_text = modules.finetune.generate(model, tokenizer, args.prompt, args.max_new_tokens)
-    say(f"before fine-tuning, the base model continues the prompt as:\n{before_text}\n")
+    seeds, limit = (args.seed, args.seed + 1), args.max_new_tokens
+    before_stats = held_out_stats(modules, model, tokenizer, held_out)
+    before_text = modules.finetune.generate(model, tokenizer, args.prompt, limit)
+    before_found = continuations(model, tokenizer, args.prompt, limit, seeds)
+    say(
+        "before fine-tuning, the base model continues the prompt as:\n"
+        f"{describe(before_found, before_text, limit)}\n"
+    )
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -158,12 +171,14 @@ def _job(modules, name, args, world, choice, settings, device_map, options, back
     peak_bytes = torch.cuda.max_memory_allocated() if cuda else None
     losses = [float(x) for x in losses]
     _report_losses(say, losses, train_seconds, peak_bytes)
-    after_loss = held_out_loss(modules, model, tokenizer, held_out)
+    after_stats = held_out_stats(modules, model, tokenizer, held_out)
+    before_loss, after_loss = (stats and stats["loss"] for stats in (before_stats, after_stats))
     if before_loss is not None and after_loss is not None:
         say(
             f"held-out loss ({len(held_out)} quotes never trained on): "
             f"{before_loss:.4f} before → {after_loss:.4f} after"
         )
+        say(expectations_table(before_stats, after_stats, len(held_out)))
     if not world.main:
         return 0
 
@@ -176,15 +191,23 @@ def _job(modules, name, args, world, choice, settings, device_map, options, back
         choice.base, choice.name
     )
     say(f"loss curve: {plot_losses(losses, out / 'loss.png', f'LoRA fine-tune of {shown}')}")
-    text = modules.finetune.generate(model, tokenizer, args.prompt, args.max_new_tokens)
+    text = modules.finetune.generate(model, tokenizer, args.prompt, limit)
+    after_found = continuations(model, tokenizer, args.prompt, limit, seeds)
     metrics = {
         "implementation": name,
         "model": choice.name,
         "model_source": choice.why,
         "small_builtin_model": choice.small,
         "small_base": choice.base or None,
-        "held_out": {"quotes": len(held_out), "loss_before": before_loss, "loss_after": after_loss},
+        "held_out": {
+            "quotes": len(held_out),
+            "loss_before": before_loss,
+            "loss_after": after_loss,
+            "before": before_stats,
+            "after": after_stats,
+        },
         "generation_before": before_text,
+        "continuations_before": as_metrics(before_found),
         "device": str(device),
         "quant": args.quant,
         "lora": LORA_SETTINGS | {"lora_dropout": args.lora_dropout},
@@ -198,9 +221,15 @@ def _job(modules, name, args, world, choice, settings, device_map, options, back
         "gpu_memory_peak_bytes": peak_bytes,
         "prompt": args.prompt,
         "generation": text,
+        "continuations": as_metrics(after_found),
     }
     say(f"metrics: {write_metrics(metrics, out / 'metrics.json')}")
-    say(f"\ngeneration (greedy, {args.max_new_tokens} new tokens at most):\n\n{text}\n")
+    say(f"\nafter fine-tuning, {samples_text(after_found, limit)}")
+    # The tutorial's output last (exercise 10's test reads what follows this header).
+    say(
+        f"\ngeneration (greedy{ending(after_found, text, limit)}; {limit} new tokens at most):"
+        f"\n\n{text}\n"
+    )
     return 0
 
 
@@ -214,7 +243,8 @@ def _describe_model(say: Say, choice) -> None:
         say(
             f"model: the demo base ({choice.why}):\n       {DESCRIPTION}; cached in "
             f"{choice.path}.\n       Fine-tuning on the quotes changes it visibly: watch the "
-            "held-out loss and the two generations. For the tutorial's model pass "
+            "held-out loss, what it expects of held-out quotes, and the continuations before "
+            "and after. For the tutorial's model pass "
             "--model facebook/opt-6.7b on a GPU."
         )
         return

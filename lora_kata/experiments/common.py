@@ -136,6 +136,13 @@ def translate_table(
 def run(experiment, out_dir: Path | None = None) -> Outcome:
     """Run one experiment on the selected implementation; FinishFirst if a piece is a stub."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    # One thread: the experiments' matrices are small (hidden 32 to 1024), threads gain little
+    # on them, and on a busy CPU OpenMP's waiting threads made `try 01` take 36 s instead of
+    # 6 s (2 cores, load 2-4). The learner's own setting is put back afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     started = time.perf_counter()
     try:
         outcome = experiment.run(out_dir)
@@ -144,6 +151,8 @@ def run(experiment, out_dir: Path | None = None) -> Outcome:
         if match:
             raise FinishFirst(match.group(1), match.group(2).strip()) from error
         raise
+    finally:
+        torch.set_num_threads(threads)
     outcome.seconds = time.perf_counter() - started
     return outcome
 

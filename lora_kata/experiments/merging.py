@@ -46,7 +46,9 @@ def latency(out_dir=None) -> Outcome:
     ax.bar([p - 0.2 for p in positions], [row[2] for row in rows], 0.4, label="unmerged")
     ax.bar([p + 0.2 for p in positions], [row[3] for row in rows], 0.4, label="merged")
     ax.set_xticks(list(positions), [f"{row[0]}, r={row[1]}" for row in rows])
-    ax.set(ylabel=f"ms per forward ({x_tokens} tokens, CPU)", title="merge: no extra latency")
+    ax.set(
+        ylabel=f"ms per forward ({x_tokens} tokens, CPU, 1 thread)", title="merge: no extra latency"
+    )
     ax.legend()
     path = save(fig, figure_path("05-merge-latency", out_dir))
     return Outcome(
