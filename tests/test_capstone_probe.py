@@ -59,6 +59,17 @@ def test_held_out_stats_are_probabilities_and_agree_with_a_direct_computation(mo
     assert held_out_stats(modules, model, tokenizer, quotes.select([])) is None
 
 
+class EosEverywhere(torch.nn.Module):
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, hidden):
+        logits = torch.zeros(*hidden.shape[:-1], self.vocab_size, dtype=hidden.dtype)
+        logits[..., EOS_ID] = 10.0
+        return logits
+
+
 def test_a_continuation_says_whether_it_stopped_at_eos_and_leaves_the_random_state(modules):
     model, tokenizer = build_tiny_opt(seed=0).train(), quotes_tokenizer()
     greedy = probe.continuation(model, tokenizer, PROMPT, 12)
@@ -68,10 +79,9 @@ def test_a_continuation_says_whether_it_stopped_at_eos_and_leaves_the_random_sta
     one = probe.continuation(model, tokenizer, PROMPT, 12, seed=3)
     assert torch.equal(state, torch.random.get_rng_state()), "sampling must not move torch's RNG"
     assert one == probe.continuation(model, tokenizer, PROMPT, 12, seed=3), "a seed repeats"
-    # A model whose every logit favours EOS stops at once.
-    with torch.no_grad():
-        model.lm_head.weight.zero_()
-        model.lm_head.weight[EOS_ID] = 1.0
+    # A model whose every logit favours EOS stops at once. (Not by editing lm_head's weights:
+    # the logit of EOS would then be the sum of the hidden state, whose sign is float luck.)
+    model.lm_head = EosEverywhere(model.config.vocab_size)
     stops = probe.continuation(model, tokenizer, PROMPT, 12)
     assert (stops.stopped, stops.new_tokens) == (True, 1), stops
     assert stops.ending(12) == "stopped at EOS after 1 tokens"

@@ -1,10 +1,8 @@
 """The pytest plugin behind `pytest exercises/` (loaded by exercises/conftest.py).
 
-It registers the kata's options, picks the implementation, puts a timeout on every exercise
-test, skips the tests of an exercise whose prerequisites are not done, records why each test
-failed, writes the progress file and prints the progress report. Speed matters (a learner
-reruns it after every edit): `-k test_NN` does not even import the other exercises' test
-files, and heavy libraries are configured only once a test imports them.
+Options, the implementation, timeouts, waiting, why each test failed, the progress file and
+the report. Speed matters (a learner reruns it after every edit): `-k test_NN` imports no other
+exercise's test file, and heavy libraries are configured only once a test imports them.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from lora_kata.messages import use_language
 from lora_kata.messages.language import language
 from lora_kata.runner import fingerprint, gating, outcomes, progress, timeouts
 from lora_kata.runner.collect import keyword_excludes_file
+from lora_kata.runner.interrupt import pytest_keyboard_interrupt
 from lora_kata.runner.progress import FAILED, PASSED, SKIPPED, TestRecord
 from lora_kata.runner.report import next_step, render_report
 from lora_kata.runner.selection import static_test_count
@@ -289,6 +288,7 @@ __all__ = [
     "pytest_collection_modifyitems",
     "pytest_configure",
     "pytest_ignore_collect",
+    "pytest_keyboard_interrupt",
     "pytest_runtest_call",
     "pytest_runtest_logreport",
     "pytest_runtest_makereport",
