@@ -130,6 +130,11 @@ def save_adapter(model, directory, config: LoRAConfig, *, base_model_name_or_pat
     if not tensors:
         raise ValueError("the model has no LoRALinear layers: inject_lora before saving")
 
+    _write_adapter(directory, tensors, _adapter_settings(model, config, base_model_name_or_path))
+
+
+def _adapter_settings(model, config: LoRAConfig, base_model_name_or_path) -> dict:
+    """adapter_config.json's settings for a plain LoRA adapter (save_dora_adapter adds DoRA's)."""
     if base_model_name_or_path is None:  # as peft: where the base model came from, if known
         base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None)
     target_modules = config.target_modules
@@ -151,6 +156,11 @@ def save_adapter(model, directory, config: LoRAConfig, *, base_model_name_or_pat
         "use_dora": False,
         "inference_mode": True,
     }
+    return settings
+
+
+def _write_adapter(directory, tensors: dict[str, torch.Tensor], settings: dict) -> None:
+    """The two files, written together atomically (see _write_files_atomically)."""
     text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
 
     def write_config(path: str) -> None:

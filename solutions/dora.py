@@ -27,8 +27,9 @@ from .adapter import (
     CONFIG_NAME,
     PICKLE_WEIGHTS_NAME,
     WEIGHTS_NAME,
+    _adapter_settings,
     _check_supported,
-    _write_files_atomically,
+    _write_adapter,
 )
 from .inject import LoRAConfig, find_target_modules, inject_lora
 from .lora import LoRALinear, _is_int8
@@ -163,35 +164,11 @@ def save_dora_adapter(
             tensors[key] = value.detach().to("cpu").contiguous()
     if not tensors:
         raise ValueError("the model has no DoRALinear layers: inject_dora before saving")
-    if base_model_name_or_path is None:
-        base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None)
-    target_modules = config.target_modules
-    if not isinstance(target_modules, str):
-        target_modules = sorted(target_modules)
     settings = {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model_name_or_path or None,
-        "r": config.r,
-        "lora_alpha": config.lora_alpha,
-        "lora_dropout": config.lora_dropout,
-        "target_modules": target_modules,
-        "bias": config.bias,
-        "fan_in_fan_out": False,
-        "use_rslora": False,
+        **_adapter_settings(model, config, base_model_name_or_path),
         "use_dora": True,
-        "inference_mode": True,
     }
-    text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
-    _write_files_atomically(
-        Path(directory),
-        {
-            WEIGHTS_NAME: lambda path: safetensors.torch.save_file(
-                tensors, path, metadata={"format": "pt"}
-            ),
-            CONFIG_NAME: lambda path: Path(path).write_text(text, encoding="utf-8"),
-        },
-    )
+    _write_adapter(directory, tensors, settings)
 
 
 def load_dora_adapter(model, directory) -> nn.Module:

@@ -377,6 +377,10 @@ Q: dict[str, Callable[[], float]] = {
     "held-out eos before %": lambda: 0.2,
     "held-out eos after %": lambda: 91.0,
     "demo base fp16 MB": lambda: (REPO / "data/demo-base/model.safetensors").stat().st_size / 1e6,
+    # the catalogue's per-test limits (the READMEs' example is exercise 03's)
+    "03 timeout s": lambda: _timeout("03"),
+    "01-05 shortest timeout s": lambda: min(_timeout(f"0{i}") for i in range(1, 6)),
+    "01-05 longest timeout s": lambda: max(_timeout(f"0{i}") for i in range(1, 6)),
     # NF4
     "nf4 levels": lambda: ", ".join(f"{v:g}" if v in (-1, 0, 1) else f"{v:.4f}" for v in nf4()),
     "nf4 largest gap": lambda: max(_nf4_gaps()),
@@ -669,6 +673,13 @@ RECORDS: list[tuple[str, str, str, str]] = [
     (EN + L10, "0.0% →  {}%", "held-out first after %", ".1f"),
     (EN + L10, "(`data/demo-base/`, {} MB in fp16)", "demo base fp16 MB", ".1f"),
     (ZH + L10, "（`data/demo-base/`，fp16 下 {} MB）", "demo base fp16 MB", ".1f"),
+    # READMEs and docs/instructors.md
+    ("README.md", "whose weights ship in `data/demo-base/` ({} MB)", "demo base fp16 MB", ".1f"),
+    ("README.zh-CN.md", "附带在 `data/demo-base/`（{} MB）", "demo base fp16 MB", ".1f"),
+    ("README.md", 'stops with "stopped after {} s … in lora_parameter_count"', "03 timeout s", "g"),
+    ("README.zh-CN.md", "以“运行超过 {} 秒被终止：", "03 timeout s", "g"),
+    ("docs/instructors.md", "sized to the exercise: {}–", "01-05 shortest timeout s", "g"),
+    ("docs/instructors.md", "–{} s for 01–05", "01-05 longest timeout s", "g"),
     # 11
     *[
         (lang + L11, text, q, spec)
@@ -792,6 +803,12 @@ def _normal(text: str) -> str:
 def _id(record) -> str:
     path, sentence, quantity, _ = record
     return f"{Path(path).name}[{quantity}]:{_normal(sentence)[:40]}"
+
+
+def _timeout(exercise_id: str) -> float:
+    from lora_kata.catalog import by_id
+
+    return by_id(exercise_id).timeout
 
 
 @cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ class KataState:
         self.files = fingerprint.file_hashes(impl_dir)
         self.previous = progress.last_statuses(self.impl, self.progress_path, self.fingerprints)
         self.records: dict[str, TestRecord] = {}
-        self.expected: dict[str, int] = {}  # exercise -> how many tests it has in all
+        self.collected: Counter[str | None] = Counter()  # exercise -> tests collected
         self.deadlines: dict[str, list[float]] = {}  # nodeid -> [deadline] shared by its phases
         self.own_timeouts = timeouts.configure(impl_dir, REPO_ROOT)
         self.interrupted = False
@@ -153,12 +154,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Before `-k` / `-m` deselect anything: how many tests each exercise has, the comparisons
     with peft last, and a timeout on every exercise test."""
     state = _state(config)
-    for item in items:
-        exercise_id = _exercise_of(item)
-        if exercise_id is not None and exercise_id not in state.expected:
-            count = static_test_count(Path(str(item.path)))
-            mine = sum(1 for other in items if _exercise_of(other) == exercise_id)
-            state.expected[exercise_id] = max(count or 0, mine)
+    state.collected = Counter(_exercise_of(item) for item in items)
     gating.comparisons_last(items)
     if not state.own_timeouts:  # no SIGALRM (Windows): pytest-timeout ends the run instead
         for item in items:
@@ -167,16 +163,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 timeouts.mark_for_pytest_timeout(item, by_id(exercise_id).timeout)
 
 
-def _limit(item: pytest.Item):
-    """The timeout context of one phase of an exercise test, or None."""
+def _within_limit(item: pytest.Item):
+    """Run one phase of a test (the hook wrapper's yield) inside its exercise's time limit;
+    setup, call and teardown share one deadline. Other tests, or no SIGALRM: no limit here."""
     state = _state(item.config)
     exercise_id = _exercise_of(item)
     if exercise_id is None or not state.own_timeouts:
-        return None
+        return (yield)
     marker = item.get_closest_marker("timeout")
     default = marker.args[0] if marker and marker.args else by_id(exercise_id).timeout
     deadline = state.deadlines.setdefault(item.nodeid, [])
-    return timeouts.limit(item.name, timeouts.seconds_for(default), deadline)
+    with timeouts.limit(item.name, timeouts.seconds_for(default), deadline):
+        return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -185,29 +183,17 @@ def pytest_runtest_setup(item: pytest.Item):
     state = _state(item.config)
     if exercise_id is not None and not item.config.getoption("--run-waiting"):
         gating.wait_if_needed(item, exercise_id, state.records, state.previous, state.lang)
-    limit = _limit(item)
-    if limit is None:
-        return (yield)
-    with limit:
-        return (yield)
+    return (yield from _within_limit(item))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
-    limit = _limit(item)
-    if limit is None:
-        return (yield)
-    with limit:
-        return (yield)
+    return (yield from _within_limit(item))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem):
-    limit = _limit(item)
-    if limit is None:
-        return (yield)
-    with limit:
-        return (yield)
+    return (yield from _within_limit(item))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -253,9 +239,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         state.interrupted = True
     records = list(state.records.values())
-    # Every exercise's size, run or not, so the bar's total is the whole kata's in every run.
-    expected = {e.id: static_test_count(e.test_file) or 0 for e in load_catalog()}
-    expected.update({k: max(v, expected.get(k, 0)) for k, v in state.expected.items()})
+    # Every exercise's size, run or not, so the bar's total is the whole kata's in every run
+    # (what collection saw, before -k deselected, where the file cannot be read).
+    expected = {
+        e.id: max(static_test_count(e.test_file) or 0, state.collected.get(e.id, 0))
+        for e in load_catalog()
+    }
     results = progress.summarise(records, state.previous, state.fingerprints, expected)
     unparsable = fingerprint.unparsable(state.impl)
     step = next_step(results, records, state.lang, unparsable)
