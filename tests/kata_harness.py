@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +48,20 @@ class KataRun:
         return f"exit {self.returncode}\n{self.output[-6000:]}"
 
 
+def _children_temp_root() -> str:
+    """A temporary root of this process's own for its child runs' tmp_path folders. pytest
+    prunes old numbered folders under its shared root at exit; child runs of several xdist
+    workers pruning the same root raced ("OSError: Directory not empty", printed into a run's
+    output, seen once in CI)."""
+    root = Path(tempfile.gettempdir()) / f"lora-kata-children-{os.getpid()}"
+    root.mkdir(exist_ok=True)
+    return str(root)
+
+
 def _child_env(impl: str | Path, lang: str) -> dict[str, str]:
     """The environment of a child kata run on `impl` (run_kata and run_kata_warm alike)."""
     return clean_env(
+        PYTEST_DEBUG_TEMPROOT=_children_temp_root(),
         LORA_KATA_IMPL=str(impl),
         LORA_KATA_LANG=lang,
         HYPOTHESIS_PROFILE=os.environ.get("HYPOTHESIS_PROFILE", "ci"),
